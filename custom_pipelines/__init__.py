@@ -1,0 +1,1 @@
+"""Diffusion and GAN pipelines for Hugging Face diffusers."""
