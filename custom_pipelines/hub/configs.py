@@ -1,0 +1,48 @@
+"""The named model variants under `hub_configs/`: each folder is laid out exactly like a Hub repo (model_index.json
+plus one sub-folder per component with its config). They are the single source of model sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+HUB_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "hub_configs"
+
+
+def list_variants() -> list[str]:
+    if not HUB_CONFIGS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in HUB_CONFIGS_DIR.iterdir() if (p / "model_index.json").is_file())
+
+
+def resolve_variant(name_or_path: str | os.PathLike, component: str | None = None, **hub_kwargs) -> Path:
+    """A local folder, one of our `hub_configs/` variant names, or a Hub repo id → a local folder with its configs.
+
+    For a repo id only the JSON configs are fetched (`allow_patterns`), never weights.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if (HUB_CONFIGS_DIR / str(name_or_path)).is_dir():
+        return HUB_CONFIGS_DIR / str(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        patterns = ["model_index.json"] + ([f"{component}/*.json"] if component else ["*/*.json"])
+        return Path(snapshot_download(str(name_or_path), allow_patterns=patterns, **hub_kwargs))
+    except Exception as err:
+        raise ValueError(
+            f"model config {str(name_or_path)!r} is not a folder, a variant in hub_configs/ ({', '.join(list_variants())}) "
+            f"or a reachable Hub repo ({type(err).__name__}: {err})"
+        ) from err
+
+
+def load_component_config(name_or_path: str | os.PathLike, component: str, filename: str = "config.json") -> dict:
+    """The JSON config of one component (e.g. `unet`, or `scheduler` with filename `scheduler_config.json`)."""
+    folder = resolve_variant(name_or_path, component)
+    path = folder / component / filename
+    if not path.is_file():
+        raise ValueError(f"{folder} has no {component}/{filename}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

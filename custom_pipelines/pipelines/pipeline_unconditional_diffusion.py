@@ -1,0 +1,110 @@
+"""Unconditional pixel-space diffusion (the DDPM family): Ho et al. 2020, Algorithm 2, with any scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .utils import (
+    check_batch_and_steps,
+    check_callback_inputs,
+    check_generator,
+    check_latents,
+    extra_step_kwargs,
+    postprocess_images,
+    run_step_callback,
+)
+
+
+class UnconditionalDiffusionPipeline(DiffusionPipeline):
+    r"""Sample images from an unconditional pixel-space diffusion model.
+
+    Components:
+        unet ([`UNet2DModel`]): predicts ε, x₀ or v (as the scheduler's `prediction_type` says) from (x_t, t).
+            A learned-variance model returns 2·C channels; the scheduler splits them.
+        scheduler ([`SchedulerMixin`]): any of ours (`DDPMAncestralScheduler`, `DDIMEtaScheduler`,
+            `DPMSolver2MScheduler`) or of diffusers', swapped in with `Scheduler.from_config(pipe.scheduler.config)`.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def _sample_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (batch_size, self.unet.config.in_channels, height, width)
+
+    def check_inputs(self, batch_size, num_inference_steps, generator, latents, output_type, callback, tensor_inputs):
+        check_batch_and_steps(batch_size, num_inference_steps, output_type)
+        check_generator(generator, batch_size)
+        check_latents(latents, self._sample_shape(batch_size))
+        check_callback_inputs(tensor_inputs, self._callback_tensor_inputs, callback)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate `batch_size` images.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images, ≥ 1.
+            num_inference_steps (`int`, defaults to 50): denoising steps (network evaluations for first-order
+                schedulers), 1 ≤ steps ≤ the scheduler's `num_train_timesteps`.
+            generator (`torch.Generator` or list of them): makes sampling deterministic; a list gives one per image,
+                so a batch equals the same images made one by one.
+            latents (`torch.Tensor` of shape `(batch_size, C, H, W)`): start noise x_T instead of a fresh draw.
+            eta (`float`, defaults to 0.0): DDIM's η, passed only to schedulers whose `step` takes it.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C in [0, 1]), `"pt"`
+                (B, C, H, W in [0, 1]) or `"latent"` (raw model-space tensor in about [-1, 1]).
+            return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`): `fn(pipe, step_index, timestep, tensors: dict) -> dict`, called after
+                every step; tensors it returns (e.g. a modified `latents`) replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): tensors passed to it.
+        """
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        self.check_inputs(
+            batch_size, num_inference_steps, generator, latents, output_type, callback_on_step_end, tensor_inputs
+        )
+        device, dtype = self._execution_device, self.unet.dtype
+
+        # 1. x_T ~ N(0, I), scaled for schedulers that work in σ-space.
+        if latents is None:
+            latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+        # 2. The (possibly respaced) timesteps t_N > … > t_1.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = extra_step_kwargs(self.scheduler, generator, eta)
+
+        # 3. Reverse process: predict with the UNet, let the scheduler take x_t → x_{t-1}.
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            model_output = self.unet(model_input, t).sample
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            latents = run_step_callback(self, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})[
+                "latents"
+            ]
+
+        # 4. [-1, 1] → requested output type.
+        images = postprocess_images(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

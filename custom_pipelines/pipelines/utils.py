@@ -1,0 +1,76 @@
+"""Pieces every pixel-space pipeline shares: input checks, scheduler-step kwargs, step callbacks, postprocessing."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_batch_and_steps(batch_size: int, num_inference_steps: int, output_type: str) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+
+def check_generator(generator, batch_size: int) -> None:
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"a list of generators must have batch_size={batch_size} entries, got {len(generator)}")
+    if generator is not None and not isinstance(generator, (torch.Generator, list)):
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+
+def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    if latents is not None and tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+
+
+def check_callback_inputs(
+    callback_on_step_end_tensor_inputs: list[str] | None, allowed: list[str], callback_on_step_end=None
+) -> None:
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise TypeError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
+    unknown = [k for k in (callback_on_step_end_tensor_inputs or []) if k not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs must be a subset of {allowed}, got unknown {unknown}")
+
+
+def extra_step_kwargs(scheduler, generator, eta: float | None = None) -> dict:
+    """Pass `generator` / `eta` only to schedulers whose `step` takes them (diffusers' schedulers differ here)."""
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    if eta is not None and "eta" in accepted:
+        kwargs["eta"] = eta
+    return kwargs
+
+
+def run_step_callback(pipe, callback: Callable | None, step_index: int, t, tensor_inputs: list[str], local_vars: dict):
+    """diffusers' `callback_on_step_end(pipe, i, t, kwargs) -> dict` protocol; returned tensors replace ours."""
+    if callback is None:
+        return local_vars
+    kwargs = {name: local_vars[name] for name in tensor_inputs}
+    outputs = callback(pipe, step_index, t, kwargs) or {}
+    return {**local_vars, **{k: v for k, v in outputs.items() if k in tensor_inputs}}
+
+
+_IMAGE_PROCESSOR = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=True)
+
+
+def postprocess_images(images: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list:
+    """Model-space images in [-1, 1] ([B, C, H, W]) → `pt` in [0, 1], `np` [B, H, W, C] in [0, 1], or PIL images.
+
+    One- and three-channel images both work (PIL mode L or RGB). `latent` returns the tensor untouched.
+    """
+    if output_type == "latent":
+        return images
+    return _IMAGE_PROCESSOR.postprocess(images.float().cpu(), output_type=output_type)

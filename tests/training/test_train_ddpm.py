@@ -1,0 +1,173 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+from training import train_ddpm
+from training.core import list_checkpoints, read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_args(output_dir, *extra):
+    return [
+        "--dataset_name", "digits", "--output_dir", str(output_dir), "--model_config", "ddpm-tiny-8",
+        "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "64", "--max_train_steps", "6",
+        "--checkpointing_steps", "3", "--validation_steps", "6", "--num_validation_images", "4",
+        "--num_inference_steps", "2", "--logging_steps", "1", "--lr_warmup_steps", "0", "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def unet_weights(folder):
+    return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+def test_train_save_reload_and_sample(tmp_path):
+    out = tmp_path / "run"
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(out)))
+    for name in ("model_index.json", "README.md", "loss_curve.png", "metrics.jsonl", "training_summary.json"):
+        assert (out / name).is_file(), name
+    assert sorted(os.listdir(out / "samples")) == ["step_000006.png"]
+    assert [step for step, _ in list_checkpoints(out)] == [3, 6]
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(m["loss"]) for m in metrics)
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "UnconditionalDiffusionPipeline" in card
+
+    pipe = UnconditionalDiffusionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and 0 <= images.min() and images.max() <= 1
+    assert pipe.scheduler.config.num_train_timesteps == 100
+
+
+def test_resume_from_latest_continues_exactly(tmp_path):
+    """Interrupted after step 3 and resumed → the same final weights as an uninterrupted run (and EMA too)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(straight)))
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(resumed, "--max_train_steps", "6")))
+    # Simulate a crash after checkpoint-3: drop everything written later, plus a half-written checkpoint.
+    import shutil
+
+    shutil.rmtree(resumed / "checkpoint-6")
+    (resumed / ".tmp-checkpoint-6").mkdir()
+    (resumed / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(resumed, "--resume_from_checkpoint", "latest")))
+    summary = json.loads((resumed / "training_summary.json").read_text())
+    assert summary["global_step"] == 6
+    steps = [m["step"] for m in read_metrics(resumed)]
+    assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # the resumed run logged steps 4..6, not 1..6
+    a, b = unet_weights(straight), unet_weights(resumed)  # saved weights are the EMA weights
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert [s for s, _ in list_checkpoints(resumed)] == [3, 6]
+
+
+def test_checkpoints_total_limit(tmp_path):
+    out = tmp_path / "run"
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(out, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2")))
+    assert [s for s, _ in list_checkpoints(out)] == [4, 6]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and state["world_size"] == 1 and "unet" in state["ema"]
+    assert (out / "checkpoint-6" / "ema" / "unet.safetensors").is_file()
+
+
+def test_hybrid_loss_trains_learned_variance(tmp_path):
+    out = tmp_path / "hybrid"
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(out, "--loss_type", "hybrid", "--max_train_steps", "3")))
+    pipe = UnconditionalDiffusionPipeline.from_pretrained(out)
+    assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
+    metrics = read_metrics(out)
+    assert all(m["loss_vlb"] > 0 for m in metrics)
+    images = pipe(num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max_train_steps", "-5"], "max_train_steps"),
+        (["--prediction_type", "noise"], "prediction_type"),
+        (["--beta_schedule", "quadratic"], "beta_schedule"),
+        (["--loss_type", "l1"], "loss_type"),
+        (["--learning_rate", "0"], "learning_rate"),
+        (["--train_batch_size", "0"], "train_batch_size"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint"], "resume_from_checkpoint"),
+    ],
+)
+def test_bad_flags_raise_clear_errors(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        args = train_ddpm.parse_args(tiny_args(tmp_path / "x", *extra))
+        train_ddpm.main(args)
+
+
+def test_bad_dataset_and_resolution(tmp_path):
+    with pytest.raises(ValueError, match="not a built-in dataset"):
+        train_ddpm.main(train_ddpm.parse_args(tiny_args(tmp_path / "a", "--dataset_name", "no-such-dataset-xyz")))
+    with pytest.raises(ValueError, match="divisible by the UNet's downsampling factor 2"):
+        train_ddpm.main(train_ddpm.parse_args(tiny_args(tmp_path / "b", "--resolution", "9")))
+
+
+def test_script_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "training" / "train_ddpm.py"), *tiny_args(tmp_path / "c", "--prediction_type", "x")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode != 0 and "--prediction_type must be one of" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def launch_two_processes(args, tmp_path):
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(REPO / "training" / "train_ddpm.py"), *args,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((Path(args[args.index("--output_dir") + 1]) / "training_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_and_resume(tmp_path):
+    out = tmp_path / "ddp"
+    summary = launch_two_processes(tiny_args(out, "--max_train_steps", "4", "--checkpointing_steps", "2"), tmp_path)
+    assert summary["world_size"] == 2, "accelerate started one process: the --cpu trap"
+    ranks = summary["param_checksums"]["unet"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept the two ranks' weights identical
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["global_step"] == 4
+    assert {f for f in os.listdir(out / "checkpoint-4") if f.startswith("random_states")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+
+    summary = launch_two_processes(
+        tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest"),
+        tmp_path,
+    )
+    assert summary["global_step"] == 6 and summary["world_size"] == 2
+    assert summary["param_checksums"]["unet"][0] == summary["param_checksums"]["unet"][1]
+    assert [m["step"] for m in read_metrics(out)][-2:] == [5, 6]

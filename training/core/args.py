@@ -1,0 +1,96 @@
+"""The command-line flags every training script shares, and their validation."""
+
+from __future__ import annotations
+
+import argparse
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, default_learning_rate: float = 1e-4) -> argparse.ArgumentParser:
+    """Add data, optimisation, accelerate, EMA, checkpoint, logging and hub flags (diffusers' example names)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help="built-in name (digits, faces, photos), saved dataset dir or Hub id")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_data_dir", default=None, help="a folder of images (imagefolder layout)")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--cache_dir", default=None)
+    data.add_argument("--resolution", type=int, default=None, help="training side in pixels (default: the model's)")
+    data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    data.add_argument("--random_flip", action="store_true", help="random horizontal flips (not for digits)")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--class_filter", type=int, nargs="+", default=None, help="keep only these label ids")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--output_dir", required=True)
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--train_batch_size", type=int, default=64, help="per process")
+    opt.add_argument("--num_epochs", type=int, default=None)
+    opt.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_epochs")
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    opt.add_argument("--learning_rate", type=float, default=default_learning_rate)
+    opt.add_argument("--lr_scheduler", default="constant_with_warmup", choices=LR_SCHEDULERS)
+    opt.add_argument("--lr_warmup_steps", type=int, default=100)
+    opt.add_argument("--adam_beta1", type=float, default=0.9)
+    opt.add_argument("--adam_beta2", type=float, default=0.999)
+    opt.add_argument("--adam_weight_decay", type=float, default=0.0)
+    opt.add_argument("--adam_epsilon", type=float, default=1e-8)
+    opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    opt.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION)
+    opt.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune from a pipeline dir or Hub id")
+
+    ema = parser.add_argument_group("EMA (diffusers' EMAModel with warm-up)")
+    ema.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    ema.add_argument("--ema_max_decay", type=float, default=0.9999)
+    ema.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    ema.add_argument("--ema_power", type=float, default=3 / 4)
+
+    run = parser.add_argument_group("checkpoints, logging, hub")
+    run.add_argument("--checkpointing_steps", type=int, default=500)
+    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint dir, or 'latest'")
+    run.add_argument("--validation_steps", type=int, default=500)
+    run.add_argument("--num_validation_images", type=int, default=16)
+    run.add_argument("--logging_steps", type=int, default=10)
+    run.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "none"))
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--hub_token", default=None)
+    run.add_argument("--hub_private", action="store_true")
+    return parser
+
+
+def _positive(args, *names: str, allow_none: bool = False) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is None and allow_none:
+            continue
+        if value is None or value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+
+
+def validate_common_args(args: argparse.Namespace) -> None:
+    """Raise a ValueError naming the flag for every bad value, before any model or process is set up."""
+    if (args.dataset_name is None) == (args.train_data_dir is None):
+        raise ValueError("give exactly one of --dataset_name and --train_data_dir")
+    _positive(args, "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps")
+    _positive(args, "logging_steps", "num_validation_images")
+    _positive(args, "resolution", "max_train_samples", "num_epochs", "max_train_steps", allow_none=True)
+    _positive(args, "checkpoints_total_limit", allow_none=True)
+    if args.max_train_steps is None and args.num_epochs is None:
+        raise ValueError("give --max_train_steps or --num_epochs")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.lr_warmup_steps < 0:
+        raise ValueError(f"--lr_warmup_steps must be >= 0, got {args.lr_warmup_steps}")
+    if args.max_grad_norm < 0:
+        raise ValueError(f"--max_grad_norm must be >= 0 (0 disables clipping), got {args.max_grad_norm}")
+    if not 0.0 <= args.ema_max_decay < 1.0:
+        raise ValueError(f"--ema_max_decay must be in [0, 1), got {args.ema_max_decay}")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ddpm-digits)")

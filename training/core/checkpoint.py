@@ -1,0 +1,100 @@
+"""Checkpoints that are never half-written: everything goes to a hidden temp folder, renamed when complete.
+
+A checkpoint folder `checkpoint-<step>/` holds accelerate's state (models as safetensors, optimizers, lr schedulers,
+sampler and RNG states) plus ours: `ema/<model>.safetensors` and `trainer_state.json` (step, EMA counters, the
+script's extra state such as a GAN's growing stage). A crash mid-save leaves only `.tmp-checkpoint-<step>`, which
+`latest` never picks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints in `output_dir`, oldest first, as (step, path)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT_RE.match(name)
+        if match and os.path.isfile(os.path.join(output_dir, name, STATE_FILE)):
+            found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    return sorted(found)
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """`latest` → newest complete checkpoint in output_dir (None if there is none yet); a path → itself, checked."""
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1][1] if checkpoints else None
+    if not os.path.isfile(os.path.join(resume_from_checkpoint, STATE_FILE)):
+        raise ValueError(
+            f"--resume_from_checkpoint must be 'latest' or a complete checkpoint folder (with {STATE_FILE}), "
+            f"got {resume_from_checkpoint!r}"
+        )
+    return resume_from_checkpoint
+
+
+def save_ema(ema_models: dict, folder: str) -> dict:
+    """Shadow parameters as safetensors (one file per model); returns the EMA counters for the JSON state."""
+    os.makedirs(folder, exist_ok=True)
+    counters = {}
+    for name, ema in ema_models.items():
+        tensors = {f"{i:05d}": p.detach().to("cpu").contiguous() for i, p in enumerate(ema.shadow_params)}
+        save_file(tensors, os.path.join(folder, f"{name}.safetensors"))
+        counters[name] = {"optimization_step": int(ema.optimization_step), "decay": float(ema.decay)}
+    return counters
+
+
+def load_ema(ema_models: dict, folder: str, counters: dict) -> None:
+    for name, ema in ema_models.items():
+        tensors = load_file(os.path.join(folder, f"{name}.safetensors"))
+        if len(tensors) != len(ema.shadow_params):
+            raise ValueError(f"EMA checkpoint of {name!r} has {len(tensors)} tensors, the model {len(ema.shadow_params)}")
+        with torch.no_grad():
+            for i, shadow in enumerate(ema.shadow_params):
+                shadow.copy_(tensors[f"{i:05d}"].to(shadow.device, shadow.dtype))
+        ema.optimization_step = counters[name]["optimization_step"]
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, state: dict, total_limit: int | None):
+    """Write `checkpoint-<step>` atomically on all ranks' behalf; rotate old ones past `total_limit`."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
+    if accelerator.is_main_process and os.path.isdir(tmp):
+        shutil.rmtree(tmp)  # debris of an interrupted save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)  # every rank takes part (each saves its own RNG state)
+    if accelerator.is_main_process:
+        state = {**state, "global_step": step, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for _, old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: str, ema_models: dict) -> dict:
+    """Restore accelerate's state and our EMA; return the JSON trainer state."""
+    accelerator.load_state(path)
+    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+        state = json.load(f)
+    load_ema(ema_models, os.path.join(path, "ema"), state.get("ema", {}))
+    return state

@@ -1,0 +1,134 @@
+"""What a person looks at after training: sample grids, a loss curve, the model card; and the optional Hub push."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
+    """[N, C, H, W] in [0, 1] → one PIL grid (near-square), 1-pixel separators; C = 1 gives a grayscale grid."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    grid = torch.ones(c, ncol * (h + 1) + 1, nrow * (w + 1) + 1)
+    for i, img in enumerate(images.float().clamp(0, 1).cpu()):
+        r, k = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array[..., 0] if c == 1 else array)
+
+
+def append_metrics(output_dir: str, step: int, logs: dict) -> None:
+    with open(os.path.join(output_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **logs}) + "\n")
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curve(output_dir: str, filename: str = "loss_curve.png") -> str | None:
+    """Plot every logged `*loss*` series (raw and a moving average) against the step; returns the PNG path."""
+    rows = read_metrics(output_dir)
+    keys = sorted({k for row in rows for k in row if "loss" in k})
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        steps = np.array([r["step"] for r in rows if key in r])
+        values = np.array([r[key] for r in rows if key in r], dtype=np.float64)
+        ax.plot(steps, values, alpha=0.35, lw=0.8, label=key)
+        window = max(1, len(values) // 20)
+        if window > 1:
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], smooth, lw=1.6, label=f"{key} (moving avg {window})")
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        if values.size and np.all(values > 0) and values.max() / max(values.min(), 1e-12) > 20:
+            ax.set_yscale("log")
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(output_dir, filename)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_model_card(output_dir: str, *, family: str, description: str, args, pipeline_class: str, tags=()) -> str:
+    """README.md with Hub metadata (library_name diffusers), how to load it, and the training settings."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        tags=["custom_pipelines", "diffusers", family, *tags],
+        datasets=[args.dataset_name] if getattr(args, "dataset_name", None) else None,
+    )
+    flags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()) if k != "hub_token")
+    samples = "![samples](samples.png)\n" if os.path.isfile(os.path.join(output_dir, "samples.png")) else ""
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {os.path.basename(os.path.abspath(output_dir))}
+
+{description}
+
+{samples}
+## Use
+
+```python
+import torch
+from custom_pipelines import {pipeline_class}
+
+pipe = {pipeline_class}.from_pretrained("{args.hub_model_id or output_dir}")
+images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images
+```
+
+## Training
+
+Trained with `custom_pipelines` (`training/train_{family}.py`). Loss curve: `loss_curve.png`; sample grids per
+validation step: `samples/`; TensorBoard logs: `logs/`.
+
+| flag | value |
+|---|---|
+{flags}
+"""
+    path = os.path.join(output_dir, "README.md")
+    ModelCard(content).save(path)
+    return path
+
+
+def push_folder_to_hub(output_dir: str, repo_id: str, token: str | None, private: bool) -> str:
+    """Create the model repo if needed and upload the final pipeline (not checkpoints or temp folders)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        commit_message="Upload pipeline trained with custom_pipelines",
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**"],
+    )
+    return str(info)

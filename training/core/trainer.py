@@ -1,0 +1,326 @@
+"""The one training loop every script runs on: diffusion (one model, one optimizer) and GANs (two of each,
+n_critic steps, growing stages) alike.
+
+A script builds its models and optimizers, writes `training_step(trainer, batch) -> logs` (calling
+`trainer.backward_and_step(name, loss)` for each optimizer it updates), `sample_images(trainer) -> [N, C, H, W]`
+and `save_pipeline(trainer, output_dir)`, and hands them to `Trainer`. The trainer owns everything else: data,
+accelerate, gradient accumulation and clipping, lr schedules, EMA, checkpoints and resume, logging, validation
+grids, the loss curve, the model card and the Hub push.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .data import load_train_dataset, make_dataloader
+from .reporting import append_metrics, image_grid, plot_loss_curve, push_folder_to_hub, write_model_card
+
+logger = get_logger(__name__)
+SUMMARY_FILE = "training_summary.json"
+
+
+def create_accelerator(args) -> Accelerator:
+    """Accelerator with TensorBoard logging under `<output_dir>/logs`, a seedable sampler (exact resume) and seed."""
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed_precision fp16 needs a CUDA device; on CPU use bf16 or no")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    return accelerator
+
+
+def adamw(params: Iterable[torch.nn.Parameter], args, lr: float | None = None, betas=None) -> torch.optim.Optimizer:
+    """AdamW from the common flags (fused kernels where the device has them)."""
+    return torch.optim.AdamW(
+        params,
+        lr=lr if lr is not None else args.learning_rate,
+        betas=betas if betas is not None else (args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+        foreach=True,
+    )
+
+
+class Trainer:
+    """Runs `training_step` over the data until `--max_train_steps` optimizer updates (or `--num_epochs`).
+
+    Args:
+        args: the parsed common flags (`training.core.add_common_args`) plus the script's own.
+        accelerator: from `create_accelerator(args)`.
+        models: trained modules by name, e.g. `{"unet": unet}` or `{"generator": g, "discriminator": d}`.
+        optimizers: one optimizer per updated model, same names; each gets its own lr scheduler.
+        training_step: `fn(trainer, batch) -> dict[str, Tensor | float]` for one (micro-)batch.
+        sample_images: `fn(trainer) -> Tensor[N, C, H, W] in [0, 1]`, run with EMA weights on the main process.
+        save_pipeline: `fn(trainer, output_dir)`, run with EMA weights at the end; saves the whole pipeline.
+        ema_models: names of models that keep an EMA copy (used for validation and the saved pipeline).
+        image_channels, resolution: what the data is turned into.
+        extra_state: optional object with JSON-able `state_dict()` / `load_state_dict()` (e.g. a growing stage),
+            saved in every checkpoint.
+        family, pipeline_class, description: for the model card.
+    """
+
+    def __init__(
+        self,
+        args,
+        accelerator: Accelerator,
+        *,
+        models: dict[str, torch.nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        training_step: Callable[[Trainer, dict], dict],
+        sample_images: Callable[[Trainer], torch.Tensor],
+        save_pipeline: Callable[[Trainer, str], Any],
+        ema_models: Iterable[str] = (),
+        image_channels: int = 3,
+        resolution: int,
+        extra_state: Any = None,
+        family: str,
+        pipeline_class: str,
+        description: str = "",
+        dataset=None,
+    ):
+        unknown = set(optimizers) - set(models)
+        if unknown:
+            raise ValueError(f"optimizers {sorted(unknown)} have no model of the same name in {sorted(models)}")
+        self.args, self.accelerator = args, accelerator
+        self.training_step, self.sample_images, self.save_pipeline = training_step, sample_images, save_pipeline
+        self.extra_state, self.family, self.pipeline_class, self.description = extra_state, family, pipeline_class, description
+        self.dataset = dataset if dataset is not None else load_train_dataset(args, resolution)
+        dataloader = make_dataloader(args, self.dataset, resolution, image_channels)
+
+        # Per-process batches: a prepared dataloader is sharded, so count from the shard's length.
+        shard_len = math.ceil(len(dataloader) / accelerator.num_processes)
+        self.updates_per_epoch = max(1, math.ceil(shard_len / args.gradient_accumulation_steps))
+        self.max_train_steps = args.max_train_steps or args.num_epochs * self.updates_per_epoch
+        n = accelerator.num_processes  # prepared lr schedulers step once per process
+        lr_schedulers = {
+            name: get_scheduler(
+                args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * n, num_training_steps=self.max_train_steps * n
+            )
+            for name, opt in optimizers.items()
+        }
+        names_m, names_o = list(models), list(optimizers)
+        prepared = accelerator.prepare(*models.values(), *optimizers.values(), *lr_schedulers.values(), dataloader)
+        self.models = dict(zip(names_m, prepared[: len(names_m)]))
+        self.optimizers = dict(zip(names_o, prepared[len(names_m) : len(names_m) + len(names_o)]))
+        self.lr_schedulers = dict(zip(names_o, prepared[len(names_m) + len(names_o) : -1]))
+        self.dataloader = prepared[-1]
+        self.updates_per_epoch = max(1, math.ceil(len(self.dataloader) / args.gradient_accumulation_steps))
+        self.emas = {
+            name: EMAModel(
+                self.unwrap(name).parameters(),
+                decay=args.ema_max_decay,
+                use_ema_warmup=True,
+                inv_gamma=args.ema_inv_gamma,
+                power=args.ema_power,
+                foreach=True,
+            )
+            for name in (ema_models if args.use_ema else ())
+        }
+        self.global_step = 0
+        if args.report_to != "none":
+            accelerator.init_trackers(f"train_{family}", config=_scalar_config(args))
+
+    # ----- used by training steps -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def unwrap(self, name: str) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.models[name])
+
+    def backward_and_step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """Backward `loss`, clip `name`'s gradients, step its optimizer and lr schedule, zero its gradients.
+
+        Under gradient accumulation the optimizer step and zeroing only happen on the last micro-batch
+        (accelerate skips them otherwise).
+        """
+        self.accelerator.backward(loss, retain_graph=retain_graph)
+        if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.models[name].parameters(), self.args.max_grad_norm)
+        self.optimizers[name].step()
+        self.lr_schedulers[name].step()
+        self.optimizers[name].zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Temporarily swap the EMA weights into the models (for validation and the saved pipeline)."""
+        for name, ema in self.emas.items():
+            ema.store(self.unwrap(name).parameters())
+            ema.copy_to(self.unwrap(name).parameters())
+        try:
+            yield
+        finally:
+            for name, ema in self.emas.items():
+                ema.restore(self.unwrap(name).parameters())
+
+    # ----- the loop ---------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        args, acc = self.args, self.accelerator
+        resumed_from = self._maybe_resume()
+        logger.info(
+            f"training {self.family}: {len(self.dataset)} examples, {acc.num_processes} process(es), batch "
+            f"{args.train_batch_size}×{args.gradient_accumulation_steps}, {self.max_train_steps} steps"
+            + (f", resumed at step {self.global_step} from {resumed_from}" if resumed_from else ""),
+            main_process_only=True,
+        )
+        progress = tqdm(total=self.max_train_steps, initial=self.global_step, disable=not acc.is_local_main_process)
+        pending: dict[str, list] = {}
+        while self.global_step < self.max_train_steps:
+            epoch, skip = divmod(self.global_step, self.updates_per_epoch)
+            self.dataloader.set_epoch(epoch)
+            loader = self.dataloader
+            if skip:
+                loader = acc.skip_first_batches(self.dataloader, skip * args.gradient_accumulation_steps)
+            updates_before = self.global_step
+            for batch in loader:
+                with acc.accumulate(*self.models.values()):
+                    logs = self.training_step(self, batch)
+                for key, value in (logs or {}).items():
+                    pending.setdefault(key, []).append(value.detach() if torch.is_tensor(value) else value)
+                if not acc.sync_gradients:
+                    continue
+                self._after_update()
+                progress.update(1)
+                if self.global_step % args.logging_steps == 0 or self.global_step == self.max_train_steps:
+                    progress.set_postfix(self._log(pending))
+                    pending = {}
+                if self.global_step >= self.max_train_steps:
+                    break
+            if self.global_step == updates_before:  # an empty epoch would loop forever
+                raise RuntimeError(f"epoch {epoch} gave no optimizer update: the dataloader has too few batches")
+        progress.close()
+        self._finish()
+
+    def _after_update(self) -> None:
+        self.global_step += 1
+        for name, ema in self.emas.items():
+            ema.step(self.unwrap(name).parameters())
+        if self.global_step % self.args.checkpointing_steps == 0:
+            self.save_checkpoint()
+        if self.global_step % self.args.validation_steps == 0:
+            self.validate()
+
+    def _log(self, pending: dict[str, list]) -> dict[str, float]:
+        # One host sync per logging interval, not per step.
+        logs = {k: float(torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vs]).mean()) for k, vs in pending.items()}
+        logs["lr"] = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0] if self.lr_schedulers else 0.0
+        self.accelerator.log(logs, step=self.global_step)
+        if self.accelerator.is_main_process:
+            append_metrics(self.args.output_dir, self.global_step, logs)
+        return {k: round(v, 5) for k, v in logs.items()}
+
+    # ----- checkpoints --------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        state = {
+            "world_size": self.accelerator.num_processes,
+            "extra": self.extra_state.state_dict() if self.extra_state is not None else None,
+        }
+        return save_checkpoint(
+            self.accelerator, self.args.output_dir, self.global_step, self.emas, state, self.args.checkpoints_total_limit
+        )
+
+    def _maybe_resume(self) -> str | None:
+        path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
+        if path is None:
+            if self.args.resume_from_checkpoint:
+                logger.info("no checkpoint to resume from yet: starting a fresh run", main_process_only=True)
+            return None
+        state = load_checkpoint(self.accelerator, path, self.emas)
+        self.global_step = int(state["global_step"])
+        if self.extra_state is not None and state.get("extra") is not None:
+            self.extra_state.load_state_dict(state["extra"])
+        return path
+
+    # ----- validation and the end -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, filename: str | None = None) -> str | None:
+        """Sample a grid with the EMA weights on the main process; PNG under samples/ and to TensorBoard.
+
+        Call it on every rank: the others wait at the closing barrier.
+        """
+        path = None
+        if self.accelerator.is_main_process:
+            was_training = {name: self.unwrap(name).training for name in self.models}
+            for name in self.models:
+                self.unwrap(name).eval()
+            with self.ema_weights():
+                images = self.sample_images(self)
+            for name, flag in was_training.items():
+                self.unwrap(name).train(flag)
+            grid = image_grid(images)
+            folder = os.path.join(self.args.output_dir, "samples")
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, filename or f"step_{self.global_step:06d}.png")
+            grid.save(path)
+            if self.args.report_to == "tensorboard":
+                import numpy as np
+
+                writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+                writer.add_image("validation", np.asarray(grid.convert("RGB")), self.global_step, dataformats="HWC")
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _parameter_checksums(self) -> dict[str, list[float]]:
+        """Σ|θ| per model on every rank: after DDP training all ranks must hold the same weights."""
+        sums = {}
+        for name in self.models:
+            local = torch.stack([p.detach().double().abs().sum() for p in self.unwrap(name).parameters()]).sum()
+            sums[name] = self.accelerator.gather(local.reshape(1).to(self.device)).cpu().tolist()
+        return sums
+
+    def _finish(self) -> None:
+        args, acc = self.args, self.accelerator
+        acc.wait_for_everyone()
+        checksums = self._parameter_checksums()
+        if self.global_step % args.validation_steps != 0:
+            self.validate()  # every rank calls it: it ends in a barrier
+        if acc.is_main_process:
+            for name in self.models:
+                self.unwrap(name).eval()
+            with self.ema_weights():
+                self.save_pipeline(self, args.output_dir)
+            summary = {"global_step": self.global_step, "world_size": acc.num_processes, "param_checksums": checksums}
+            with open(os.path.join(args.output_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+            curve = plot_loss_curve(args.output_dir)
+            write_model_card(
+                args.output_dir, family=self.family, description=self.description, args=args, pipeline_class=self.pipeline_class
+            )
+            logger.info(f"saved pipeline to {args.output_dir}; loss curve {curve}", main_process_only=True)
+            if args.push_to_hub:
+                push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+        acc.wait_for_everyone()
+        acc.end_training()
+
+
+def _scalar_config(args) -> dict:
+    """TensorBoard's hparams take scalars only."""
+    out = {}
+    for key, value in vars(args).items():
+        if key == "hub_token":
+            continue
+        out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

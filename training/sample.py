@@ -1,0 +1,48 @@
+"""Load a saved pipeline (folder or Hub repo id) with `from_pretrained` and write a grid of samples.
+
+    python -m training.sample --pipeline runs/ddpm-digits --num_images 64 --output runs/ddpm-digits/samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+import torch
+
+from custom_pipelines.hub.loader import load_pipeline
+from training.core.reporting import image_grid
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="a saved pipeline folder or Hub repo id")
+    parser.add_argument("--output", required=True, help="PNG path of the grid")
+    parser.add_argument("--num_images", type=int, default=64)
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.num_images < 1:
+        raise ValueError(f"--num_images must be a positive integer, got {args.num_images}")
+    if args.num_inference_steps is not None and args.num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
+    return args
+
+
+def main(args: argparse.Namespace) -> str:
+    pipe = load_pipeline(args.pipeline)
+    kwargs = {"batch_size": args.num_images, "generator": torch.Generator().manual_seed(args.seed), "output_type": "pt"}
+    if args.num_inference_steps is not None and "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+        kwargs["num_inference_steps"] = args.num_inference_steps
+    images = pipe(**kwargs).images
+    image_grid(images).save(args.output)
+    print(f"{type(pipe).__name__} from {args.pipeline}: {len(images)} samples -> {args.output}")
+    return args.output
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except ValueError as err:
+        sys.exit(f"error: {err}")

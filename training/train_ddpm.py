@@ -1,0 +1,143 @@
+"""Train an unconditional pixel-space DDPM (Ho et al. 2020; Improved DDPM's hybrid loss optional).
+
+    accelerate launch training/train_ddpm.py --dataset_name digits --output_dir runs/ddpm-digits --max_train_steps 3000
+
+The model size comes from a `hub_configs/` variant (`--model_config`, default ddpm-digits-16), a local folder laid
+out the same way, or a Hub repo id; `--pretrained_model_name_or_path` fine-tunes a saved pipeline instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from diffusers import UNet2DModel
+
+from custom_pipelines.hub.configs import load_component_config
+from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+from training.core import Trainer, adamw, add_common_args, create_accelerator, validate_common_args
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
+LOSS_TYPES = ("simple", "hybrid")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_learning_rate=2e-4)
+    ddpm = parser.add_argument_group("DDPM")
+    ddpm.add_argument("--model_config", default="ddpm-digits-16", help="hub_configs variant, folder or Hub repo id")
+    ddpm.add_argument("--prediction_type", default=None, help=f"one of {PREDICTION_TYPES} (default: the config's)")
+    ddpm.add_argument("--beta_schedule", default=None, help=f"one of {BETA_SCHEDULES} (default: the config's)")
+    ddpm.add_argument("--num_train_timesteps", type=int, default=None)
+    ddpm.add_argument("--loss_type", default="simple", help="simple: L_simple; hybrid: L_simple + λ·L_vlb (learned Σ)")
+    ddpm.add_argument("--num_inference_steps", type=int, default=50, help="steps for validation sampling")
+    args = parser.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    validate_common_args(args)
+    if args.prediction_type is not None and args.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {args.prediction_type!r}")
+    if args.beta_schedule is not None and args.beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"--beta_schedule must be one of {BETA_SCHEDULES}, got {args.beta_schedule!r}")
+    if args.loss_type not in LOSS_TYPES:
+        raise ValueError(f"--loss_type must be one of {LOSS_TYPES}, got {args.loss_type!r}")
+    if args.num_train_timesteps is not None and args.num_train_timesteps < 2:
+        raise ValueError(f"--num_train_timesteps must be >= 2, got {args.num_train_timesteps}")
+    if args.num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
+
+
+def build_models(args) -> tuple[UNet2DModel, DDPMAncestralScheduler]:
+    """UNet + scheduler from a saved pipeline (fine-tuning) or from a config variant (fresh weights)."""
+    if args.pretrained_model_name_or_path:
+        unet = UNet2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
+        scheduler_config = DDPMAncestralScheduler.load_config(args.pretrained_model_name_or_path, subfolder="scheduler")
+    else:
+        unet_config = load_component_config(args.model_config, "unet")
+        scheduler_config = load_component_config(args.model_config, "scheduler", "scheduler_config.json")
+        if args.loss_type == "hybrid":  # learned Σ: the UNet also outputs the interpolation v (Nichol & Dhariwal eq. 15)
+            unet_config["out_channels"] = 2 * unet_config["in_channels"]
+        unet = UNet2DModel.from_config(unet_config)
+    overrides = {"prediction_type": args.prediction_type, "num_train_timesteps": args.num_train_timesteps}
+    if args.beta_schedule is not None:  # diffusers knows the cosine schedule only by this name
+        overrides["beta_schedule"] = "squaredcos_cap_v2" if args.beta_schedule == "cosine" else args.beta_schedule
+    if args.loss_type == "hybrid":
+        overrides["variance_type"] = "learned_range"
+    scheduler = DDPMAncestralScheduler.from_config(
+        scheduler_config, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if args.loss_type == "hybrid" and unet.config.out_channels != 2 * unet.config.in_channels:
+        raise ValueError("--loss_type hybrid needs a UNet with 2× output channels (learned variance)")
+    return unet, scheduler
+
+
+def check_resolution(unet: UNet2DModel, resolution: int) -> None:
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if resolution % factor != 0:
+        raise ValueError(f"--resolution must be divisible by the UNet's downsampling factor {factor}, got {resolution}")
+
+
+def main(args: argparse.Namespace) -> str:
+    accelerator = create_accelerator(args)
+    unet, scheduler = build_models(args)
+    resolution = args.resolution or unet.config.sample_size
+    check_resolution(unet, resolution)
+    unet.register_to_config(sample_size=resolution)
+    num_train_timesteps = scheduler.config.num_train_timesteps
+
+    def training_step(trainer: Trainer, batch: dict) -> dict:
+        clean = batch["pixel_values"]
+        # Global torch RNG: seeded by accelerate's set_seed and saved/restored with every checkpoint.
+        noise = torch.randn(clean.shape, device=clean.device, dtype=clean.dtype)
+        timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), device=clean.device)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        model_output = trainer.models["unet"](noisy, timesteps).sample
+        losses = scheduler.training_losses(model_output.float(), clean, noise, timesteps, loss_type=args.loss_type)
+        trainer.backward_and_step("unet", losses["loss"])
+        return losses
+
+    def pipeline(trainer: Trainer) -> UnconditionalDiffusionPipeline:
+        return UnconditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler)
+
+    def sample_images(trainer: Trainer) -> torch.Tensor:
+        pipe = pipeline(trainer)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator(trainer.device).manual_seed(args.seed)
+        return pipe(
+            batch_size=args.num_validation_images,
+            num_inference_steps=args.num_inference_steps,
+            generator=generator,
+            output_type="pt",
+        ).images
+
+    trainer = Trainer(
+        args,
+        accelerator,
+        models={"unet": unet},
+        optimizers={"unet": adamw(unet.parameters(), args)},
+        training_step=training_step,
+        sample_images=sample_images,
+        save_pipeline=lambda trainer, out: pipeline(trainer).save_pretrained(out),
+        ema_models=["unet"],
+        image_channels=unet.config.in_channels,
+        resolution=resolution,
+        family="ddpm",
+        pipeline_class="UnconditionalDiffusionPipeline",
+        description=f"Unconditional DDPM ({scheduler.config.prediction_type}-prediction, "
+        f"{scheduler.config.beta_schedule} schedule, loss {args.loss_type}) trained on {args.dataset_name or args.train_data_dir}.",
+    )
+    trainer.train()
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except ValueError as err:  # bad input: say what is wrong, no stack trace
+        sys.exit(f"error: {err}")
