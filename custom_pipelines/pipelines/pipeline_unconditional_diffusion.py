@@ -9,6 +9,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from .guidance import GuidanceFn, GuidanceStrength, check_loss_guidance, loss_guided_model_output
 from .utils import (
     check_batch_and_steps,
     check_callback_inputs,
@@ -42,11 +43,23 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (batch_size, self.unet.config.in_channels, height, width)
 
-    def check_inputs(self, batch_size, num_inference_steps, generator, latents, output_type, callback, tensor_inputs):
+    def check_inputs(
+        self,
+        batch_size,
+        num_inference_steps,
+        generator,
+        latents,
+        output_type,
+        callback,
+        tensor_inputs,
+        guidance_fn=None,
+        guidance_strength=1.0,
+    ):
         check_batch_and_steps(batch_size, num_inference_steps, output_type)
         check_generator(generator, batch_size)
         check_latents(latents, self._sample_shape(batch_size))
         check_callback_inputs(tensor_inputs, self._callback_tensor_inputs, callback)
+        check_loss_guidance(guidance_fn, guidance_strength, self.scheduler)
 
     @torch.no_grad()
     def __call__(
@@ -60,6 +73,8 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        guidance_fn: GuidanceFn | None = None,
+        guidance_strength: GuidanceStrength = 1.0,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate `batch_size` images.
 
@@ -77,12 +92,28 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`): `fn(pipe, step_index, timestep, tensors: dict) -> dict`, called after
                 every step; tensors it returns (e.g. a modified `latents`) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): tensors passed to it.
+            guidance_fn (`Callable`, *optional*): loss guidance, `fn(x0_pred [B, C, H, W] in about [-1, 1]) -> loss`
+                (scalar or `[B]`, differentiable). Before every scheduler step x_t is pushed down its gradient,
+                x_t ← x_t − s ∇_{x_t} loss, through the model's x̂_0 (see `pipelines/guidance.py`). Needs a
+                variance-preserving scheduler. None (default) samples exactly as without guidance.
+            guidance_strength (`float` or `Callable`, defaults to 1.0): s ≥ 0, or `fn(step_index, t) -> s`.
         """
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(
-            batch_size, num_inference_steps, generator, latents, output_type, callback_on_step_end, tensor_inputs
+            batch_size,
+            num_inference_steps,
+            generator,
+            latents,
+            output_type,
+            callback_on_step_end,
+            tensor_inputs,
+            guidance_fn,
+            guidance_strength,
         )
-        device, dtype = self._execution_device, self.unet.dtype
+        device, model_dtype = self._execution_device, self.unet.dtype
+        # The scheduler's state stays in fp32 even when the UNet runs in bf16/fp16 (`torch_dtype=` at load):
+        # low-precision x_t accumulates rounding error over the steps, the network does not need fp32.
+        dtype = torch.float64 if model_dtype == torch.float64 else torch.float32
 
         # 1. x_T ~ N(0, I), scaled for schedulers that work in σ-space.
         if latents is None:
@@ -93,10 +124,15 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = extra_step_kwargs(self.scheduler, generator, eta)
 
-        # 3. Reverse process: predict with the UNet, let the scheduler take x_t → x_{t-1}.
+        # 3. Reverse process: predict with the UNet (pushing x_t down ∇ loss first when guided, see guidance.py),
+        #    let the scheduler take x_t → x_{t-1}.
+        def model_fn(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.unet(model_input.to(model_dtype), t).sample.to(dtype)
+
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, t)
-            model_output = self.unet(model_input, t).sample
+            model_output, latents = loss_guided_model_output(
+                model_fn, self.scheduler, latents, t, i, guidance_fn, guidance_strength
+            )
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             latents = run_step_callback(self, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})[
                 "latents"

@@ -1,0 +1,129 @@
+import json
+import math
+import runpy
+import sys
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+
+from custom_pipelines.evaluation.cli import main
+from custom_pipelines.evaluation.evaluator import evaluate_pipeline, sample_images
+from custom_pipelines.evaluation.features import load_digits_images, reference_features
+
+METRIC_KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "inception_score_mean", "inception_score_std"}
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm_dir(tmp_path_factory):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DModel(
+            sample_size=16,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+        )
+    path = tmp_path_factory.mktemp("tiny_ddpm")
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(path)
+    return path
+
+
+class ReplayDigitsPipeline(DiffusionPipeline):
+    """Test double: "generates" real held-out digits (of the requested class), picked by each sample's generator."""
+
+    def __init__(self):
+        super().__init__()
+
+    @torch.no_grad()
+    def __call__(self, batch_size=1, generator=None, class_labels=None, output_type="pt", return_dict=True):
+        images, labels = load_digits_images("test", 16)
+        picks = []
+        for i, sample_generator in enumerate(generator):
+            pool = torch.arange(len(labels)) if class_labels is None else (labels == class_labels[i]).nonzero()[:, 0]
+            picks.append(pool[torch.randint(len(pool), (1,), generator=sample_generator)])
+        return ImagePipelineOutput(images=images[torch.cat(picks)])
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_cli_end_to_end_on_tiny_ddpm(tiny_ddpm_dir, tmp_path, digits_cache, capsys):
+    output = tmp_path / "out" / "metrics.json"
+    argv = ["--pipeline", str(tiny_ddpm_dir), "--num_samples", "16", "--num_inference_steps", "2"]
+    argv += ["--batch_size", "8", "--seed", "0", "--reference", "digits", "--feature_extractor", "digits"]
+    with pytest.warns(UserWarning, match="16 samples in 128 dimensions"):
+        assert main([*argv, "--output", str(output)]) == 0
+    metrics = json.loads(output.read_text())
+    assert METRIC_KEYS <= set(metrics) and "class_accuracy" not in metrics
+    assert all(math.isfinite(metrics[key]) for key in METRIC_KEYS)
+    assert metrics["num_samples"] == 16 and metrics["num_reference"] == 1797 and metrics["resolution"] == 16
+    assert metrics["feature_extractor"] == "digits" and metrics["feature_dim"] == 128
+    assert metrics["fid"] > 10 and metrics["precision"] < 0.5  # an untrained UNet makes noise, not digits
+    assert 1.0 <= metrics["inception_score_mean"] <= 10.0
+    assert "fid" in capsys.readouterr().out
+    # Same seed, different batch size: per-sample generators make the run identical.
+    assert main([*argv[:-6], "--batch_size", "5", "--seed", "0", "--output", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
+
+
+def test_cli_rejects_unsupported_options(tiny_ddpm_dir, digits_cache):
+    argv = ["--pipeline", str(tiny_ddpm_dir), "--num_samples", "4", "--num_inference_steps", "1"]
+    with pytest.raises(ValueError, match=r"does not take \['class_labels'\]"):
+        main([*argv, "--class_labels", "all"])
+    with pytest.raises(ValueError, match="--class_labels must be"):
+        main([*argv, "--class_labels", "odd"])
+    with pytest.raises(ValueError, match="needs inception_weights"):
+        main([*argv, "--feature_extractor", "inception"])
+
+
+def test_module_entry_point(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m custom_pipelines.evaluate", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("custom_pipelines.evaluate", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--num_inference_steps" in out and "--inception_weights" in out and "--class_labels" in out
+
+
+def test_real_digits_score_well_against_real_digits(digits_cache):
+    pipe = ReplayDigitsPipeline()
+    metrics = evaluate_pipeline(
+        pipe,
+        200,
+        reference="digits",
+        extractor="digits",
+        reference_split="train",
+        batch_size=64,
+        class_labels=range(10),
+        kid_subsets=20,
+    )
+    # Held-out real digits vs the train split: near-zero KID, high precision/recall, accurate classes.
+    assert metrics["fid"] < 1.0 and abs(metrics["kid_mean"]) < 0.05
+    assert metrics["precision"] > 0.8 and metrics["recall"] > 0.5
+    assert metrics["class_accuracy"] >= 0.9
+    assert metrics["inception_score_mean"] > 9  # ten balanced, confidently classified classes
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_precomputed_reference_features_are_reused(digits_cache):
+    from custom_pipelines.evaluation.evaluator import build_feature_extractor
+
+    extractor = build_feature_extractor("digits", resolution=16)
+    reference = reference_features("digits", extractor, resolution=16, num_samples=300)
+    a = evaluate_pipeline(ReplayDigitsPipeline(), 40, reference=reference, extractor=extractor, kid_subsets=5)
+    b = evaluate_pipeline(ReplayDigitsPipeline(), 40, "digits", extractor, reference_num_samples=300, kid_subsets=5)
+    assert a["reference"] == "features" and a["num_reference"] == 300
+    assert {k: a[k] for k in METRIC_KEYS} == {k: b[k] for k in METRIC_KEYS}
+
+
+def test_sample_images_cycles_labels_and_checks_arguments():
+    batches = list(sample_images(ReplayDigitsPipeline(), 7, batch_size=3, class_labels=[1, 2]))
+    assert [images.shape[0] for images, _ in batches] == [3, 3, 1]
+    assert torch.cat([labels for _, labels in batches]).tolist() == [1, 2, 1, 2, 1, 2, 1]
+    with pytest.raises(ValueError, match="num_samples and batch_size"):
+        next(sample_images(ReplayDigitsPipeline(), 0))
+    with pytest.raises(ValueError, match=r"does not take \['guidance_scale'\]"):
+        next(sample_images(ReplayDigitsPipeline(), 2, guidance_scale=2.0))
