@@ -124,6 +124,8 @@ def main(args: argparse.Namespace) -> str:
         training_step=training_step,
         sample_images=sample_images,
         save_pipeline=lambda trainer, out: pipeline(trainer).save_pretrained(out),
+        build_pipeline=pipeline,
+        eval_pipeline_kwargs={"num_inference_steps": args.num_inference_steps},
         ema_models=["unet"],
         image_channels=unet.config.in_channels,
         resolution=resolution,

@@ -171,3 +171,14 @@ def test_accelerate_launch_two_cpu_processes_and_resume(tmp_path):
     assert summary["global_step"] == 6 and summary["world_size"] == 2
     assert summary["param_checksums"]["unet"][0] == summary["param_checksums"]["unet"][1]
     assert [m["step"] for m in read_metrics(out)][-2:] == [5, 6]
+
+
+def test_eval_fid_every_logs_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTOM_PIPELINES_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    args = tiny_args(out, "--max_train_steps", "4", "--eval_fid_every", "2", "--eval_num_samples", "16")
+    train_ddpm.main(train_ddpm.parse_args(args))
+    evals = [m for m in read_metrics(out) if "eval/fid" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    for m in evals:
+        assert m["eval/fid"] > 0 and np.isfinite(m["eval/kid_mean"]) and 0 <= m["eval/precision"] <= 1

@@ -56,6 +56,11 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_learning_rate: f
     run.add_argument("--num_validation_images", type=int, default=16)
     run.add_argument("--logging_steps", type=int, default=10)
     run.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "none"))
+    run.add_argument("--eval_fid_every", type=int, default=0, help="every N steps: FID/KID/precision/recall (0: off)")
+    run.add_argument("--eval_num_samples", type=int, default=256, help="generated images per evaluation")
+    run.add_argument("--eval_reference", default=None, help="'digits' or an image folder (default: digits / --train_data_dir)")
+    run.add_argument("--eval_feature_extractor", default="digits", choices=("digits", "inception"))
+    run.add_argument("--eval_inception_weights", default=None, help="safetensors file / repo of the FID Inception-v3")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
     run.add_argument("--hub_token", default=None)
@@ -92,5 +97,10 @@ def validate_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_max_decay must be in [0, 1), got {args.ema_max_decay}")
     if args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
+    if args.eval_fid_every < 0:
+        raise ValueError(f"--eval_fid_every must be >= 0 (0 disables it), got {args.eval_fid_every}")
+    _positive(args, "eval_num_samples")
+    if args.eval_fid_every and args.eval_feature_extractor == "inception" and not args.eval_inception_weights:
+        raise ValueError("--eval_feature_extractor inception needs --eval_inception_weights (nothing is downloaded)")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ddpm-digits)")

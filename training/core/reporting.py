@@ -44,7 +44,7 @@ def read_metrics(output_dir: str) -> list[dict]:
 def plot_loss_curve(output_dir: str, filename: str = "loss_curve.png") -> str | None:
     """Plot every logged `*loss*` series (raw and a moving average) against the step; returns the PNG path."""
     rows = read_metrics(output_dir)
-    keys = sorted({k for row in rows for k in row if "loss" in k})
+    keys = sorted({k for row in rows for k in row if "loss" in k or k == "eval/fid"})
     if not keys:
         return None
     import matplotlib

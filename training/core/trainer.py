@@ -75,6 +75,8 @@ class Trainer:
         training_step: `fn(trainer, batch) -> dict[str, Tensor | float]` for one (micro-)batch.
         sample_images: `fn(trainer) -> Tensor[N, C, H, W] in [0, 1]`, run with EMA weights on the main process.
         save_pipeline: `fn(trainer, output_dir)`, run with EMA weights at the end; saves the whole pipeline.
+        build_pipeline: `fn(trainer) -> DiffusionPipeline` on the current (EMA-swapped) weights; needed for
+            `--eval_fid_every`. `eval_pipeline_kwargs` go to its calls (e.g. `num_inference_steps`).
         ema_models: names of models that keep an EMA copy (used for validation and the saved pipeline).
         image_channels, resolution: what the data is turned into.
         extra_state: optional object with JSON-able `state_dict()` / `load_state_dict()` (e.g. a growing stage),
@@ -100,6 +102,8 @@ class Trainer:
         pipeline_class: str,
         description: str = "",
         dataset=None,
+        build_pipeline: Callable[[Trainer], Any] | None = None,
+        eval_pipeline_kwargs: dict | None = None,
     ):
         unknown = set(optimizers) - set(models)
         if unknown:
@@ -107,6 +111,10 @@ class Trainer:
         self.args, self.accelerator = args, accelerator
         self.training_step, self.sample_images, self.save_pipeline = training_step, sample_images, save_pipeline
         self.extra_state, self.family, self.pipeline_class, self.description = extra_state, family, pipeline_class, description
+        self.build_pipeline, self.eval_pipeline_kwargs = build_pipeline, dict(eval_pipeline_kwargs or {})
+        if getattr(args, "eval_fid_every", 0) and build_pipeline is None:
+            raise ValueError(f"--eval_fid_every is not supported by the {family} script (it gives no build_pipeline)")
+        self._eval_reference = None
         self.dataset = dataset if dataset is not None else load_train_dataset(args, resolution)
         dataloader = make_dataloader(args, self.dataset, resolution, image_channels)
 
@@ -222,6 +230,8 @@ class Trainer:
             self.save_checkpoint()
         if self.global_step % self.args.validation_steps == 0:
             self.validate()
+        if self.args.eval_fid_every and self.global_step % self.args.eval_fid_every == 0:
+            self.evaluate()
 
     def _log(self, pending: dict[str, list]) -> dict[str, float]:
         # One host sync per logging interval, not per step.
@@ -282,6 +292,35 @@ class Trainer:
                 writer.add_image("validation", np.asarray(grid.convert("RGB")), self.global_step, dataformats="HWC")
         self.accelerator.wait_for_everyone()
         return path
+
+    def evaluate(self) -> dict | None:
+        """FID/KID/precision/recall of `--eval_num_samples` EMA samples against the reference (main process)."""
+        from custom_pipelines.evaluation import build_feature_extractor, evaluate_pipeline, reference_features
+
+        args, metrics = self.args, None
+        if self.accelerator.is_main_process:
+            with self.ema_weights():
+                pipe = self.build_pipeline(self)
+                pipe.set_progress_bar_config(disable=True)
+                if self._eval_reference is None:  # the extractor and real features are computed once per run
+                    probe = self.sample_images(self)
+                    extractor = build_feature_extractor(
+                        args.eval_feature_extractor, probe.shape[-1], args.eval_inception_weights, device=self.device
+                    )
+                    reference = args.eval_reference or ("digits" if args.dataset_name == "digits" else args.train_data_dir)
+                    if reference is None:
+                        raise ValueError("--eval_fid_every needs --eval_reference for this dataset ('digits' or a folder)")
+                    self._eval_reference = (extractor, reference_features(reference, extractor, probe.shape[-1]))
+                extractor, real = self._eval_reference
+                result = evaluate_pipeline(
+                    pipe, args.eval_num_samples, real, extractor, seed=args.seed, **self.eval_pipeline_kwargs
+                )
+            metrics = {f"eval/{k}": result[k] for k in ("fid", "kid_mean", "precision", "recall") if k in result}
+            self.accelerator.log(metrics, step=self.global_step)
+            append_metrics(args.output_dir, self.global_step, metrics)
+            logger.info(f"step {self.global_step}: {metrics}", main_process_only=True)
+        self.accelerator.wait_for_everyone()
+        return metrics
 
     def _parameter_checksums(self) -> dict[str, list[float]]:
         """Σ|θ| per model on every rank: after DDP training all ranks must hold the same weights."""
