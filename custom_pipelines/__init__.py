@@ -1,1 +1,38 @@
-"""Diffusion and GAN pipelines for Hugging Face diffusers."""
+"""Diffusion and GAN pipelines, schedulers and models that plug into Hugging Face diffusers."""
+
+from .evaluation import DigitsClassifier, InceptionV3FID, evaluate_pipeline
+from .gan import (
+    DCGANCritic,
+    DCGANGenerator,
+    ProGANDiscriminator,
+    ProGANGenerator,
+    StyleGANDiscriminator,
+    StyleGANGenerator,
+)
+from .hub.loader import load_pipeline
+from .pipelines.pipeline_gan import GANPipeline
+from .pipelines.pipeline_stylegan import StyleGANPipeline
+from .pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+from .schedulers import DDIMEtaScheduler, DDPMAncestralScheduler, DPMSolver2MScheduler, make_beta_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DCGANCritic",
+    "DCGANGenerator",
+    "DDIMEtaScheduler",
+    "DDPMAncestralScheduler",
+    "DPMSolver2MScheduler",
+    "DigitsClassifier",
+    "GANPipeline",
+    "InceptionV3FID",
+    "ProGANDiscriminator",
+    "ProGANGenerator",
+    "StyleGANDiscriminator",
+    "StyleGANGenerator",
+    "StyleGANPipeline",
+    "UnconditionalDiffusionPipeline",
+    "evaluate_pipeline",
+    "load_pipeline",
+    "make_beta_schedule",
+]

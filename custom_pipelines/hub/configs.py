@@ -38,9 +38,14 @@ def resolve_variant(name_or_path: str | os.PathLike, component: str | None = Non
         ) from err
 
 
-def load_component_config(name_or_path: str | os.PathLike, component: str, filename: str = "config.json") -> dict:
-    """The JSON config of one component (e.g. `unet`, or `scheduler` with filename `scheduler_config.json`)."""
-    folder = resolve_variant(name_or_path, component)
+def load_component_config(
+    name_or_path: str | os.PathLike, component: str, filename: str = "config.json", **hub_kwargs
+) -> dict:
+    """The JSON config of one component (e.g. `unet`, or `scheduler` with filename `scheduler_config.json`).
+
+    `hub_kwargs` (`cache_dir`, `revision`, `token`, ...) go to `snapshot_download` for a Hub repo id.
+    """
+    folder = resolve_variant(name_or_path, component, **hub_kwargs)
     path = folder / component / filename
     if not path.is_file():
         raise ValueError(f"{folder} has no {component}/{filename}")
