@@ -46,7 +46,7 @@ def create_accelerator(args) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
+    set_seed(args.seed, device_specific=True)  # each rank draws its own noise; DDP syncs the initial weights
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     return accelerator

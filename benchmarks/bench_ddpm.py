@@ -1,0 +1,145 @@
+"""Our DDPM training step and sampling next to stock diffusers, side by side in one process.
+
+Same UNet config (hub_configs/ddpm-digits-16), same initial weights, same digits batch. Variants run in
+interleaved rounds so load on the machine hits all of them alike; the median per round is reported, and
+ratios are against the stock variant of the same round.
+
+    python benchmarks/bench_ddpm.py                # prints a markdown table
+    python benchmarks/bench_ddpm.py --rounds 5 --train_steps 10 --sample_steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from custom_pipelines import DDIMEtaScheduler, DDPMAncestralScheduler, UnconditionalDiffusionPipeline
+from custom_pipelines.data import ImageTransform, load_image_dataset
+from custom_pipelines.hub.configs import load_component_config
+
+
+def digits_batch(batch_size: int, resolution: int) -> torch.Tensor:
+    dataset = load_image_dataset("digits", resolution=resolution)
+    transform = ImageTransform(resolution, channels=1)
+    return torch.stack([transform(dataset[i]["image"]) for i in range(batch_size)])
+
+
+def stock_train_step(unet, optimizer, scheduler, clean):
+    """diffusers' examples/unconditional_image_generation/train_unconditional.py, fp32."""
+    noise = torch.randn_like(clean)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],))
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def our_train_step(unet, optimizer, scheduler, clean, autocast_dtype):
+    """training/train_ddpm.py's step as the trainer core runs it (`--mixed_precision bf16` = CPU autocast)."""
+    noise = torch.randn_like(clean)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],))
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        model_output = unet(noisy, timesteps).sample
+    loss = scheduler.training_losses(model_output.float(), clean, noise, timesteps)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def time_it(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, oneDNN primitive cache)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="ddpm-digits-16")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train_steps", type=int, default=8, help="timed training steps per variant per round")
+    parser.add_argument("--sample_steps", type=int, default=10, help="denoising steps per timed sampling call")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    unet_config = load_component_config(args.config, "unet")
+    sched_config = load_component_config(args.config, "scheduler", "scheduler_config.json")
+    torch.manual_seed(0)
+    base = UNet2DModel.from_config(unet_config)
+    clean = digits_batch(args.batch_size, unet_config["sample_size"])
+    stock_sched, our_sched = DDPMScheduler.from_config(sched_config), DDPMAncestralScheduler.from_config(sched_config)
+
+    train_variants = {}
+    for name, step in {
+        "stock diffusers loop (fp32)": lambda u, o: stock_train_step(u, o, stock_sched, clean),
+        "ours fp32": lambda u, o: our_train_step(u, o, our_sched, clean, None),
+        "ours bf16 autocast (--mixed_precision bf16)": lambda u, o: our_train_step(u, o, our_sched, clean, torch.bfloat16),
+    }.items():
+        unet = copy.deepcopy(base).train()
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=not name.startswith("stock") or None)
+        train_variants[name] = (lambda step=step, unet=unet, opt=opt: step(unet, opt))
+
+    def pipe_call(pipe, **kw):
+        pipe.set_progress_bar_config(disable=True)
+        return lambda: pipe(
+            batch_size=args.batch_size, num_inference_steps=args.sample_steps, output_type="np",
+            generator=torch.Generator().manual_seed(0), **kw,
+        )  # fmt: skip
+
+    eval_unet = copy.deepcopy(base).eval()
+    bf16_unet = copy.deepcopy(base).eval().to(torch.bfloat16)
+    sample_variants = {
+        "stock DDPMPipeline (fp32)": pipe_call(DDPMPipeline(unet=eval_unet, scheduler=stock_sched)),
+        "stock DDIMPipeline (fp32)": pipe_call(
+            DDIMPipeline(unet=eval_unet, scheduler=DDIMScheduler.from_config(sched_config)), eta=0.0
+        ),
+        "ours, DDPMAncestral fp32": pipe_call(UnconditionalDiffusionPipeline(unet=eval_unet, scheduler=our_sched)),
+        "ours, DDPMAncestral, UNet bf16 (torch_dtype=bfloat16)": pipe_call(
+            UnconditionalDiffusionPipeline(unet=bf16_unet, scheduler=DDPMAncestralScheduler.from_config(sched_config))
+        ),
+        "ours, DDIMEta, UNet bf16": pipe_call(
+            UnconditionalDiffusionPipeline(unet=bf16_unet, scheduler=DDIMEtaScheduler.from_config(sched_config))
+        ),
+    }
+
+    train_times = {k: [] for k in train_variants}
+    sample_times = {k: [] for k in sample_variants}
+    for _ in range(args.rounds):
+        for name, fn in train_variants.items():
+            train_times[name].append(time_it(fn, args.train_steps))
+        with torch.no_grad():
+            for name, fn in sample_variants.items():
+                sample_times[name].append(time_it(fn, 1) / args.sample_steps)
+
+    print(f"\nMachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; UNet {args.config} "
+          f"({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M params), batch {args.batch_size}\n")  # fmt: skip
+    stock = statistics.median(train_times["stock diffusers loop (fp32)"])
+    print("| training step | ms/step | img/s | × stock |\n|---|---|---|---|")
+    for name, times in train_times.items():
+        t = statistics.median(times)
+        print(f"| {name} | {t * 1e3:.0f} | {args.batch_size / t:.0f} | {stock / t:.2f} |")
+    stock = statistics.median(sample_times["stock DDPMPipeline (fp32)"])
+    print("\n| sampling | ms per network evaluation | × stock DDPMPipeline time |\n|---|---|---|")
+    for name, times in sample_times.items():
+        t = statistics.median(times)
+        print(f"| {name} | {t * 1e3:.1f} | {t / stock:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
