@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -13,39 +11,20 @@ from diffusers.utils.torch_utils import randn_tensor
 from custom_pipelines.gan.dcgan import DCGANGenerator
 from custom_pipelines.gan.progan import ProGANGenerator
 
+from .utils import check_generator, check_latents, check_output_type, check_positive_int, postprocess_images
+
 OutputType = Literal["pil", "np", "pt"]
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 
 
+GAN_OUTPUT_TYPES = ("pil", "np", "pt")
+
+
 def check_common_inputs(batch_size: int, generator: GeneratorArg, output_type: str) -> None:
     """Checks shared by the GAN pipelines: batch_size >= 1, one torch.Generator per sample if a list, output_type."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
-    if isinstance(generator, list) and len(generator) != batch_size:
-        raise ValueError(f"a list of generators must have batch_size={batch_size} entries, got {len(generator)}")
-    if output_type not in ("pil", "np", "pt"):
-        raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-
-
-def check_tensor_shape(name: str, tensor: torch.Tensor | None, expected: tuple[int, ...]) -> None:
-    if tensor is not None and tuple(tensor.shape) != expected:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
-
-
-def postprocess_images(
-    images: torch.Tensor, output_type: OutputType
-) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-    """Map generator output from [-1, 1] to [0, 1]: a [B, C, H, W] tensor ("pt"), [B, H, W, C] array ("np") or
-    a list of PIL images ("pil"; mode "L" for one channel)."""
-    images = (images.float() / 2 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return images
-    elif output_type == "np":
-        return images.permute(0, 2, 3, 1).cpu().numpy()
-    elif output_type == "pil":
-        return DiffusionPipeline.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
-    else:
-        raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    check_positive_int("batch_size", batch_size)
+    check_generator(generator, batch_size)
+    check_output_type(output_type, GAN_OUTPUT_TYPES)
 
 
 class GANPipeline(DiffusionPipeline):
@@ -64,7 +43,7 @@ class GANPipeline(DiffusionPipeline):
 
     def check_inputs(self, batch_size: int, generator: GeneratorArg, latents: torch.Tensor | None, output_type: str):
         check_common_inputs(batch_size, generator, output_type)
-        check_tensor_shape("latents", latents, (batch_size, self.gan_generator.config.z_dim))
+        check_latents(latents, (batch_size, self.gan_generator.config.z_dim))
 
     @torch.no_grad()
     def __call__(

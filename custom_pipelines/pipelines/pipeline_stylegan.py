@@ -13,13 +13,8 @@ from diffusers.utils import BaseOutput, make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 
 from custom_pipelines.gan.stylegan import StyleBand, StyleGANGenerator, style_band_layers
-from custom_pipelines.pipelines.pipeline_gan import (
-    GeneratorArg,
-    OutputType,
-    check_common_inputs,
-    check_tensor_shape,
-    postprocess_images,
-)
+from custom_pipelines.pipelines.pipeline_gan import GeneratorArg, OutputType, check_common_inputs
+from custom_pipelines.pipelines.utils import check_latents, postprocess_images
 
 NoiseModeArg = Literal["random", "const", "none"]
 PSI_RANGE = (-1.0, 2.0)
@@ -69,7 +64,7 @@ class StyleGANPipeline(DiffusionPipeline):
         config, num_ws = self.stylegan.config, self.stylegan.num_ws
         if latents is not None and w is not None:
             raise ValueError("pass either latents (z) or w, not both")
-        check_tensor_shape("latents", latents, (batch_size, config.z_dim))
+        check_latents(latents, (batch_size, config.z_dim))
         if w is not None and tuple(w.shape) not in ((batch_size, config.w_dim), (batch_size, num_ws, config.w_dim)):
             raise ValueError(
                 f"w must have shape {(batch_size, config.w_dim)} or {(batch_size, num_ws, config.w_dim)}, "

@@ -12,13 +12,20 @@ from diffusers.image_processor import VaeImageProcessor
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_output_type(output_type: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> None:
+    if output_type not in allowed:
+        raise ValueError(f"output_type must be one of {allowed}, got {output_type!r}")
+
+
 def check_batch_and_steps(batch_size: int, num_inference_steps: int, output_type: str) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_inference_steps", num_inference_steps)
+    check_output_type(output_type)
 
 
 def check_generator(generator, batch_size: int) -> None:
@@ -28,9 +35,9 @@ def check_generator(generator, batch_size: int) -> None:
         raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
 
 
-def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...], name: str = "latents") -> None:
     if latents is not None and tuple(latents.shape) != tuple(shape):
-        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(latents.shape)}")
 
 
 def check_callback_inputs(
