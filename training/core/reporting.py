@@ -13,10 +13,17 @@ from PIL import Image
 METRICS_FILE = "metrics.jsonl"
 
 
-def image_grid(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
-    """[N, C, H, W] in [0, 1] → one PIL grid (near-square), 1-pixel separators; C = 1 gives a grayscale grid."""
+def image_grid(images: torch.Tensor, nrow: int | None = None, min_tile: int = 64) -> Image.Image:
+    """[N, C, H, W] in [0, 1] → one PIL grid (near-square), 1-pixel separators; C = 1 gives a grayscale grid.
+
+    Tiles smaller than `min_tile` pixels are enlarged by an integer nearest-neighbour factor, so a grid of 16×16
+    digits is something a person can look at.
+    """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    scale = max(1, -(-min_tile // max(images.shape[-2:])))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     n, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
