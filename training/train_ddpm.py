@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> str:
         model_output = trainer.models["unet"](noisy, timesteps).sample
         losses = scheduler.training_losses(model_output.float(), clean, noise, timesteps, loss_type=args.loss_type)
         trainer.backward_and_step("unet", losses["loss"])
-        return losses
+        return losses if args.loss_type == "hybrid" else {"loss": losses["loss"]}
 
     def pipeline(trainer: Trainer) -> UnconditionalDiffusionPipeline:
         return UnconditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler)
