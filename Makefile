@@ -12,7 +12,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # One process on the CPU; accelerate's flags spelled out so no config file is needed.
 LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo demo-cfg demo-gan test test-fast lint bench bench-gan clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,23 @@ demo: $(STAMP)
 	@echo "samples:     $(RUN)/samples.png (64 digits from the reloaded pipeline)"
 	@echo "loss curve:  $(RUN)/loss_curve.png; validation grids: $(RUN)/samples/; TensorBoard: $(RUN)/logs/"
 
+# Class-conditional DDPM with classifier-free guidance; the grid has one row per digit class (w = 3).
+demo-cfg: $(STAMP)
+	$(LAUNCH) training/train_cfg.py --dataset_name digits --conditioning_dropout 0.1 --output_dir runs/cfg-digits \
+		--max_train_steps $(DEMO_STEPS) --train_batch_size 64 --learning_rate 1e-3 --lr_scheduler cosine \
+		--lr_warmup_steps 100 --checkpointing_steps 1000 --checkpoints_total_limit 1 --validation_steps 500 \
+		--mixed_precision bf16
+	$(BIN)/python -m training.sample --pipeline runs/cfg-digits --num_images 80 --num_inference_steps 50 \
+		--guidance_scale 3 --output runs/cfg-digits/samples.png
+	@echo "samples: runs/cfg-digits/samples.png (row k = class k, guidance scale 3)"
+
+# A DCGAN critic/generator pair with WGAN-GP on digits at 32×32 (the best of the GANs at a few CPU minutes).
+demo-gan: $(STAMP)
+	$(LAUNCH) training/train_gan.py --model_config dcgan-digits-32 --dataset_name digits \
+		--output_dir runs/dcgan-digits --max_train_steps 2500 --train_batch_size 32 --checkpointing_steps 1000 \
+		--checkpoints_total_limit 1 --validation_steps 500 --num_validation_images 36
+	$(BIN)/python -m training.sample --pipeline runs/dcgan-digits --num_images 64 --output runs/dcgan-digits/samples.png
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -rs --durations=15
 
@@ -45,6 +62,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ddpm.py
+	$(BIN)/python benchmarks/fid_vs_nfe.py --pipeline $(RUN) --num_samples 500 --nfe 4 6 8 10 20 50
+
+# ~25 min: equal-budget digits-FID of every GAN, a faces run, generator speed (NVlabs column if NVLABS_PATH is set)
+bench-gan: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gan_fid.py --time_budget_s 180
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gan_fid.py --runs stylegan_faces --time_budget_s 120
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gan_speed.py $(if $(NVLABS_PATH),--nvlabs_path $(NVLABS_PATH),)
 
 clean:
 	rm -rf runs .pytest_cache

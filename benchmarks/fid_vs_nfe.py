@@ -26,16 +26,19 @@ from diffusers import (
 from custom_pipelines import DDIMEtaScheduler, DDPMAncestralScheduler, DPMSolver2MScheduler, load_pipeline
 from custom_pipelines.evaluation import build_feature_extractor, evaluate_pipeline, reference_features
 
-# name -> (class, from_config overrides); few-step solvers use trailing spacing (start at t = T-1).
+# name -> (class, from_config overrides); few-step solvers use trailing spacing (start at t = T-1). The multistep
+# solvers predict x0 without the DDPM config's clip_sample: in pixel space they need dynamic thresholding, as
+# diffusers recommends, or the x0 estimate at t = T-1 (divided by α ≈ 0.005 on the cosine schedule) ruins samples.
+PIXEL = {"timestep_spacing": "trailing", "thresholding": True}
 SCHEDULERS = {
-    "ours DPMSolver2M": (DPMSolver2MScheduler, {"timestep_spacing": "trailing"}),
+    "ours DPMSolver2M": (DPMSolver2MScheduler, PIXEL),
     "ours DDIMEta (η=0)": (DDIMEtaScheduler, {"timestep_spacing": "trailing"}),
     "ours DDPMAncestral": (DDPMAncestralScheduler, {"timestep_spacing": "trailing"}),
     "diffusers DPMSolverMultistep++ 2M": (
         DPMSolverMultistepScheduler,
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing"},
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, **PIXEL},
     ),
-    "diffusers UniPC": (UniPCMultistepScheduler, {"timestep_spacing": "trailing"}),
+    "diffusers UniPC": (UniPCMultistepScheduler, PIXEL),
     "diffusers DDIM (η=0)": (DDIMScheduler, {"timestep_spacing": "trailing"}),
     "diffusers DDPM": (DDPMScheduler, {"timestep_spacing": "trailing"}),
     "diffusers Euler": (EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
@@ -50,6 +53,7 @@ def main(argv=None):
     parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS))
     parser.add_argument("--bf16", action="store_true", help="UNet in bf16 (scheduler state stays fp32)")
     parser.add_argument("--results_dir", default="benchmarks/results")
+    parser.add_argument("--merge", action="store_true", help="update the schedulers run now in the saved JSON")
     args = parser.parse_args(argv)
 
     pipe = load_pipeline(args.pipeline, torch_dtype=torch.bfloat16 if args.bf16 else torch.float32)
@@ -73,6 +77,11 @@ def main(argv=None):
             print(f"{name:36s} NFE {nfe:3d}: FID {metrics['fid']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     os.makedirs(args.results_dir, exist_ok=True)
+    json_path = os.path.join(args.results_dir, "fid_vs_nfe.json")
+    if args.merge and os.path.isfile(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            saved = {name: {int(n): v for n, v in row.items()} for name, row in json.load(f).items()}
+        results = {**saved, **results}
     target = results.get("diffusers DDIM (η=0)", {}).get(50)
     lines = [
         f"digits-FID (digits classifier features, {args.num_samples} samples vs 1797 real digits) of `{args.pipeline}`"
@@ -89,7 +98,7 @@ def main(argv=None):
     print("\n" + table)
     with open(os.path.join(args.results_dir, "fid_vs_nfe.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
-    with open(os.path.join(args.results_dir, "fid_vs_nfe.json"), "w", encoding="utf-8") as f:
+    with open(json_path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
 
     import matplotlib

@@ -10,6 +10,9 @@ from .gan import (
     StyleGANGenerator,
 )
 from .hub.loader import load_pipeline
+from .models import ClassConcatUNet2DModel
+from .pipelines.guidance import classifier_guidance_loss, digits_classifier_guidance, mean_color_loss
+from .pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
 from .pipelines.pipeline_gan import GANPipeline
 from .pipelines.pipeline_stylegan import StyleGANPipeline
 from .pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
@@ -18,6 +21,11 @@ from .schedulers import DDIMEtaScheduler, DDPMAncestralScheduler, DPMSolver2MSch
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassConcatUNet2DModel",
+    "ClassConditionalDiffusionPipeline",
+    "classifier_guidance_loss",
+    "digits_classifier_guidance",
+    "mean_color_loss",
     "DCGANCritic",
     "DCGANGenerator",
     "DDIMEtaScheduler",

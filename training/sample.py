@@ -12,6 +12,7 @@ import sys
 import torch
 
 from custom_pipelines.hub.loader import load_pipeline
+from custom_pipelines.models.class_conditioning import num_classes_of
 from training.core.reporting import image_grid
 
 
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         raise ValueError(f"--num_images must be a positive integer, got {args.num_images}")
@@ -32,11 +34,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> str:
     pipe = load_pipeline(args.pipeline)
-    kwargs = {"batch_size": args.num_images, "generator": torch.Generator().manual_seed(args.seed), "output_type": "pt"}
-    if args.num_inference_steps is not None and "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+    accepted = inspect.signature(pipe.__call__).parameters
+    kwargs = {"generator": torch.Generator().manual_seed(args.seed), "output_type": "pt"}
+    nrow = None
+    if "class_labels" in accepted:  # one row per class, num_images in all
+        num_classes = num_classes_of(pipe.unet)
+        nrow = max(1, args.num_images // num_classes)
+        kwargs["class_labels"] = [c for c in range(num_classes) for _ in range(nrow)]
+    else:
+        kwargs["batch_size"] = args.num_images
+    if args.num_inference_steps is not None and "num_inference_steps" in accepted:
         kwargs["num_inference_steps"] = args.num_inference_steps
+    if args.guidance_scale is not None:
+        if "guidance_scale" not in accepted:
+            raise ValueError(f"--guidance_scale: {type(pipe).__name__} takes no guidance_scale")
+        kwargs["guidance_scale"] = args.guidance_scale
     images = pipe(**kwargs).images
-    image_grid(images).save(args.output)
+    image_grid(images, nrow=nrow).save(args.output)
     print(f"{type(pipe).__name__} from {args.pipeline}: {len(images)} samples -> {args.output}")
     return args.output
 

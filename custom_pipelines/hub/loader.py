@@ -22,7 +22,13 @@ def read_model_index(pretrained_model_name_or_path: str | os.PathLike, **hub_kwa
         if not os.path.isfile(index_file):
             raise ValueError(f"pretrained_model_name_or_path={path!r} is a folder without a model_index.json")
     else:
-        index_file = hf_hub_download(path, "model_index.json", **hub_kwargs)
+        try:
+            index_file = hf_hub_download(path, "model_index.json", **hub_kwargs)
+        except Exception as err:  # HFValidationError, offline/not-found errors: say what the argument must be
+            raise ValueError(
+                f"pretrained_model_name_or_path={path!r} is neither a local pipeline folder nor a Hub repo id whose "
+                f"model_index.json can be fetched ({type(err).__name__}: {err})"
+            ) from err
     with open(index_file, encoding="utf-8") as f:
         return json.load(f)
 

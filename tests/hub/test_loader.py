@@ -62,6 +62,10 @@ def test_unknown_class_and_missing_index(tmp_path, saved_pipeline):
     _, folder = saved_pipeline
     with pytest.raises(ValueError, match="without a model_index.json"):
         load_pipeline(tmp_path)
+    with pytest.raises(ValueError, match="neither a local pipeline folder nor a Hub repo id"):
+        load_pipeline(tmp_path / "no" / "such" / "run")
+    with pytest.raises(ValueError, match="neither a local pipeline folder nor a Hub repo id"):
+        load_pipeline("acme/not-in-the-cache", cache_dir=tmp_path / "empty-cache")
     index = folder / "model_index.json"
     index.write_text(index.read_text().replace("UnconditionalDiffusionPipeline", "NoSuchPipeline"))
     with pytest.raises(ValueError, match="NoSuchPipeline"):

@@ -1,0 +1,209 @@
+"""Train a class-conditional pixel-space DDPM for classifier-free guidance (Ho & Salimans 2022).
+
+    accelerate launch training/train_cfg.py --dataset_name digits --conditioning_dropout 0.1 \\
+        --output_dir runs/cfg-digits --max_train_steps 3000
+
+One network learns p(x | y) and p(x): each label is replaced by the null class (id K) with probability
+`--conditioning_dropout`. The model size comes from a `hub_configs/` variant (`--model_config`, default
+cfg-digits-16); `--conditioning` picks how the class enters the UNet (`embedding`: added to the timestep embedding,
+diffusers' `num_class_embeds`; `concat`: a class map as extra input channels, `ClassConcatUNet2DModel`). Class names
+come from the dataset's `ClassLabel` feature and are saved in the pipeline config.
+
+`--pretrained_model_name_or_path` fine-tunes a saved pipeline (class-conditional, or an unconditional DDPM whose
+UNet gets a zero-initialised class embedding, so training starts exactly from the given model). Without an explicit
+`--learning_rate`, fine-tuning uses a 10× lower default (2e-5 instead of 2e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import datasets
+import torch
+from diffusers import UNet2DModel
+
+from custom_pipelines.hub.configs import load_component_config
+from custom_pipelines.models.class_conditioning import (
+    CONDITIONING_METHODS,
+    class_conditional_unet_config,
+    conditioning_method,
+    null_class_id,
+    num_classes_of,
+)
+from custom_pipelines.models.unet_class_concat import ClassConcatUNet2DModel
+from custom_pipelines.pipelines.guidance import drop_class_labels
+from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
+from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+from training.core import Trainer, adamw, add_common_args, create_accelerator, validate_common_args
+from training.core.data import load_train_dataset
+from training.train_ddpm import PREDICTION_TYPES, check_resolution
+
+DEFAULT_LEARNING_RATE = 2e-4
+FINETUNE_LEARNING_RATE_FACTOR = 0.1  # fine-tuning default: 10× lower, so the pretrained weights are not washed out
+UNET_CLASSES = {"UNet2DModel": UNet2DModel, "ClassConcatUNet2DModel": ClassConcatUNet2DModel}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_learning_rate=DEFAULT_LEARNING_RATE)
+    parser.set_defaults(learning_rate=None)  # resolved below: fine-tuning gets a lower default
+    cfg = parser.add_argument_group("classifier-free guidance")
+    cfg.add_argument("--model_config", default="cfg-digits-16", help="hub_configs variant, folder or Hub repo id")
+    cfg.add_argument("--conditioning", default=None, help=f"one of {CONDITIONING_METHODS} (default: the config's)")
+    cfg.add_argument("--class_embed_dim", type=int, default=None, help="channels of the class map (concat only)")
+    cfg.add_argument("--conditioning_dropout", type=float, default=0.1, help="p_uncond: P(label → null class)")
+    cfg.add_argument("--prediction_type", default=None, help=f"one of {PREDICTION_TYPES} (default: the config's)")
+    cfg.add_argument("--num_inference_steps", type=int, default=50, help="steps for validation sampling")
+    cfg.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
+    args = parser.parse_args(argv)
+    if args.learning_rate is None:
+        factor = FINETUNE_LEARNING_RATE_FACTOR if args.pretrained_model_name_or_path else 1.0
+        args.learning_rate = DEFAULT_LEARNING_RATE * factor
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    validate_common_args(args)
+    if args.conditioning is not None and args.conditioning not in CONDITIONING_METHODS:
+        raise ValueError(f"--conditioning must be one of {CONDITIONING_METHODS}, got {args.conditioning!r}")
+    if args.class_embed_dim is not None and args.class_embed_dim < 1:
+        raise ValueError(f"--class_embed_dim must be a positive integer, got {args.class_embed_dim}")
+    if not 0.0 <= args.conditioning_dropout < 1.0:
+        raise ValueError(f"--conditioning_dropout must be in [0, 1), got {args.conditioning_dropout}")
+    if args.prediction_type is not None and args.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {args.prediction_type!r}")
+    if args.num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
+    if args.validation_guidance_scale < 0:
+        raise ValueError(f"--validation_guidance_scale must be >= 0, got {args.validation_guidance_scale}")
+
+
+def dataset_classes(dataset, label_column: str) -> tuple[int, dict[int, str] | None]:
+    """K and the class names of the label column (a `ClassLabel` feature names them; plain ints give K only)."""
+    if label_column not in dataset.column_names:
+        raise ValueError(f"--label_column={label_column!r} is not a column of the dataset {dataset.column_names}")
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.num_classes, dict(enumerate(feature.names))
+    labels = dataset.unique(label_column)
+    if not all(isinstance(v, int) and v >= 0 for v in labels):
+        raise ValueError(f"--label_column={label_column!r} must hold integer class ids >= 0, got {labels[:10]}")
+    return max(labels) + 1, None
+
+
+def source_unet_config(args) -> dict:
+    """The UNet config to start from: the pretrained pipeline's or the model config variant's."""
+    return load_component_config(args.pretrained_model_name_or_path or args.model_config, "unet")
+
+
+def load_pretrained_unet(args, config: dict, num_classes: int) -> torch.nn.Module:
+    """A saved pipeline's UNet; an unconditional one gets a zero class embedding (it starts as the given model)."""
+    path = args.pretrained_model_name_or_path
+    cls = UNET_CLASSES.get(config["_class_name"])
+    if cls is None:
+        raise ValueError(f"{path} has a {config['_class_name']} UNet; expected one of {sorted(UNET_CLASSES)}")
+    if cls is UNet2DModel and not config.get("num_class_embeds"):
+        if args.conditioning == "concat":
+            raise ValueError("--conditioning concat cannot start from an unconditional UNet; use embedding")
+        unet = UNet2DModel.from_pretrained(
+            path, subfolder="unet", num_class_embeds=num_classes + 1, low_cpu_mem_usage=False
+        )
+        torch.nn.init.zeros_(unet.class_embedding.weight)
+        return unet
+    unet = cls.from_pretrained(path, subfolder="unet")
+    if args.conditioning is not None and args.conditioning != conditioning_method(unet):
+        raise ValueError(f"--conditioning {args.conditioning} differs from {path}'s {conditioning_method(unet)}")
+    if num_classes_of(unet) != num_classes:
+        raise ValueError(f"{path} has {num_classes_of(unet)} classes but the dataset has {num_classes}")
+    return unet
+
+
+def build_models(args, num_classes: int) -> tuple[torch.nn.Module, DDPMAncestralScheduler]:
+    """Class-conditional UNet + scheduler: fine-tuned from a saved pipeline, or fresh from a config variant."""
+    config = source_unet_config(args)
+    if args.pretrained_model_name_or_path:
+        unet = load_pretrained_unet(args, config, num_classes)
+        scheduler_config = DDPMAncestralScheduler.load_config(
+            args.pretrained_model_name_or_path, subfolder="scheduler"
+        )
+    else:
+        method = args.conditioning or ("concat" if config["_class_name"] == "ClassConcatUNet2DModel" else "embedding")
+        cls, unet_config = class_conditional_unet_config(config, method, num_classes, args.class_embed_dim)
+        unet = cls.from_config(unet_config)
+        scheduler_config = load_component_config(args.model_config, "scheduler", "scheduler_config.json")
+    overrides = {"prediction_type": args.prediction_type} if args.prediction_type else {}
+    return unet, DDPMAncestralScheduler.from_config(scheduler_config, **overrides)
+
+
+def diffusion_losses(unet, scheduler, clean, class_labels, noise, timesteps) -> dict[str, torch.Tensor]:
+    """L_simple of the class-conditional model on one batch (labels already dropped to the null class)."""
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    model_output = unet(noisy, timesteps, class_labels=class_labels).sample
+    return scheduler.training_losses(model_output.float(), clean, noise, timesteps)
+
+
+def main(args: argparse.Namespace) -> str:
+    accelerator = create_accelerator(args)
+    resolution = args.resolution or source_unet_config(args)["sample_size"]
+    dataset = load_train_dataset(args, resolution)
+    num_classes, id2label = dataset_classes(dataset, args.label_column)
+    unet, scheduler = build_models(args, num_classes)
+    check_resolution(unet, resolution)
+    unet.register_to_config(sample_size=resolution)
+    null_id, num_train_timesteps = null_class_id(unet), scheduler.config.num_train_timesteps
+    validation_classes = args.class_filter or list(range(num_classes))
+
+    def training_step(trainer: Trainer, batch: dict) -> dict:
+        clean = batch["pixel_values"]
+        # Global torch RNG: seeded by accelerate's set_seed and saved/restored with every checkpoint.
+        labels = drop_class_labels(batch["labels"], null_id, args.conditioning_dropout)
+        noise = torch.randn(clean.shape, device=clean.device, dtype=clean.dtype)
+        timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), device=clean.device)
+        losses = diffusion_losses(trainer.models["unet"], scheduler, clean, labels, noise, timesteps)
+        trainer.backward_and_step("unet", losses["loss"])
+        return {"loss": losses["loss"], "null_label_fraction": (labels == null_id).float().mean()}
+
+    def pipeline(trainer: Trainer) -> ClassConditionalDiffusionPipeline:
+        return ClassConditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler, id2label=id2label)
+
+    def sample_images(trainer: Trainer) -> torch.Tensor:
+        pipe = pipeline(trainer)
+        pipe.set_progress_bar_config(disable=True)
+        labels = [validation_classes[i % len(validation_classes)] for i in range(args.num_validation_images)]
+        return pipe(
+            class_labels=labels,
+            guidance_scale=args.validation_guidance_scale,
+            num_inference_steps=args.num_inference_steps,
+            generator=torch.Generator(trainer.device).manual_seed(args.seed),
+            output_type="pt",
+        ).images
+
+    method = conditioning_method(unet)
+    trainer = Trainer(
+        args,
+        accelerator,
+        models={"unet": unet},
+        optimizers={"unet": adamw(unet.parameters(), args)},
+        training_step=training_step,
+        sample_images=sample_images,
+        save_pipeline=lambda trainer, out: pipeline(trainer).save_pretrained(out),
+        ema_models=["unet"],
+        image_channels=unet.config.in_channels,
+        resolution=resolution,
+        family="cfg",
+        pipeline_class="ClassConditionalDiffusionPipeline",
+        description=f"Class-conditional DDPM for classifier-free guidance ({num_classes} classes, class {method}, "
+        f"p_uncond {args.conditioning_dropout}) trained on {args.dataset_name or args.train_data_dir}.",
+        dataset=dataset,
+    )
+    trainer.train()
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except ValueError as err:  # bad input: say what is wrong, no stack trace
+        sys.exit(f"error: {err}")
