@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/ddpm-digits
 DEMO_STEPS ?= 1500
+CFG_STEPS ?= 600
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -34,15 +35,15 @@ demo: $(STAMP)
 	@echo "samples:     $(RUN)/samples.png (64 digits from the reloaded pipeline)"
 	@echo "loss curve:  $(RUN)/loss_curve.png; validation grids: $(RUN)/samples/; TensorBoard: $(RUN)/logs/"
 
-# Class-conditional DDPM with classifier-free guidance; the grid has one row per digit class (w = 3).
+# Class-conditional DDPM with classifier-free guidance; the grid has one row per digit class (w = 2).
 demo-cfg: $(STAMP)
 	$(LAUNCH) training/train_cfg.py --dataset_name digits --conditioning_dropout 0.1 --output_dir runs/cfg-digits \
-		--max_train_steps $(DEMO_STEPS) --train_batch_size 64 --learning_rate 1e-3 --lr_scheduler cosine \
-		--lr_warmup_steps 100 --checkpointing_steps 1000 --checkpoints_total_limit 1 --validation_steps 500 \
-		--mixed_precision bf16
+		--max_train_steps $(CFG_STEPS) --train_batch_size 64 --learning_rate 1e-3 --lr_scheduler cosine \
+		--lr_warmup_steps 50 --checkpointing_steps 1000 --checkpoints_total_limit 1 --validation_steps 200 \
+		--num_validation_images 40 --mixed_precision bf16
 	$(BIN)/python -m training.sample --pipeline runs/cfg-digits --num_images 80 --num_inference_steps 50 \
-		--guidance_scale 3 --output runs/cfg-digits/samples.png
-	@echo "samples: runs/cfg-digits/samples.png (row k = class k, guidance scale 3)"
+		--guidance_scale 2 --output runs/cfg-digits/samples.png
+	@echo "samples: runs/cfg-digits/samples.png (row k = class k, guidance scale 2)"
 
 # A DCGAN critic/generator pair with WGAN-GP on digits at 32×32 (the best of the GANs at a few CPU minutes).
 demo-gan: $(STAMP)

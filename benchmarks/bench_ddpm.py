@@ -88,11 +88,13 @@ def main(argv=None):
     for name, step in {
         "stock diffusers loop (fp32)": lambda u, o: stock_train_step(u, o, stock_sched, clean),
         "ours fp32": lambda u, o: our_train_step(u, o, our_sched, clean, None),
-        "ours bf16 autocast (--mixed_precision bf16)": lambda u, o: our_train_step(u, o, our_sched, clean, torch.bfloat16),
+        "ours bf16 autocast (--mixed_precision bf16)": lambda u, o: our_train_step(
+            u, o, our_sched, clean, torch.bfloat16
+        ),
     }.items():
         unet = copy.deepcopy(base).train()
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=not name.startswith("stock") or None)
-        train_variants[name] = (lambda step=step, unet=unet, opt=opt: step(unet, opt))
+        train_variants[name] = lambda step=step, unet=unet, opt=opt: step(unet, opt)
 
     def pipe_call(pipe, **kw):
         pipe.set_progress_bar_config(disable=True)

@@ -74,7 +74,9 @@ def main(argv=None):
                 pipe, args.num_samples, real, extractor, batch_size=250, num_inference_steps=nfe, kid_subsets=20
             )
             results[name][nfe] = metrics["fid"]
-            print(f"{name:36s} NFE {nfe:3d}: FID {metrics['fid']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"{name:36s} NFE {nfe:3d}: FID {metrics['fid']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True
+            )
 
     os.makedirs(args.results_dir, exist_ok=True)
     json_path = os.path.join(args.results_dir, "fid_vs_nfe.json")

@@ -1,6 +1,6 @@
 """Load a saved pipeline (folder or Hub repo id) with `from_pretrained` and write a grid of samples.
 
-    python -m training.sample --pipeline runs/ddpm-digits --num_images 64 --output runs/ddpm-digits/samples.png
+python -m training.sample --pipeline runs/ddpm-digits --num_images 64 --output runs/ddpm-digits/samples.png
 """
 
 from __future__ import annotations

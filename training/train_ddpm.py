@@ -57,11 +57,15 @@ def build_models(args) -> tuple[UNet2DModel, DDPMAncestralScheduler]:
     """UNet + scheduler from a saved pipeline (fine-tuning) or from a config variant (fresh weights)."""
     if args.pretrained_model_name_or_path:
         unet = UNet2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
-        scheduler_config = DDPMAncestralScheduler.load_config(args.pretrained_model_name_or_path, subfolder="scheduler")
+        scheduler_config = DDPMAncestralScheduler.load_config(
+            args.pretrained_model_name_or_path, subfolder="scheduler"
+        )
     else:
         unet_config = load_component_config(args.model_config, "unet")
         scheduler_config = load_component_config(args.model_config, "scheduler", "scheduler_config.json")
-        if args.loss_type == "hybrid":  # learned Σ: the UNet also outputs the interpolation v (Nichol & Dhariwal eq. 15)
+        if (
+            args.loss_type == "hybrid"
+        ):  # learned Σ: the UNet also outputs the interpolation v (Nichol & Dhariwal eq. 15)
             unet_config["out_channels"] = 2 * unet_config["in_channels"]
         unet = UNet2DModel.from_config(unet_config)
     overrides = {"prediction_type": args.prediction_type, "num_train_timesteps": args.num_train_timesteps}
@@ -80,7 +84,9 @@ def build_models(args) -> tuple[UNet2DModel, DDPMAncestralScheduler]:
 def check_resolution(unet: UNet2DModel, resolution: int) -> None:
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % factor != 0:
-        raise ValueError(f"--resolution must be divisible by the UNet's downsampling factor {factor}, got {resolution}")
+        raise ValueError(
+            f"--resolution must be divisible by the UNet's downsampling factor {factor}, got {resolution}"
+        )
 
 
 def main(args: argparse.Namespace) -> str:
@@ -132,7 +138,8 @@ def main(args: argparse.Namespace) -> str:
         family="ddpm",
         pipeline_class="UnconditionalDiffusionPipeline",
         description=f"Unconditional DDPM ({scheduler.config.prediction_type}-prediction, "
-        f"{scheduler.config.beta_schedule} schedule, loss {args.loss_type}) trained on {args.dataset_name or args.train_data_dir}.",
+        f"{scheduler.config.beta_schedule} schedule, loss {args.loss_type}) "
+        f"trained on {args.dataset_name or args.train_data_dir}.",
     )
     trainer.train()
     return args.output_dir

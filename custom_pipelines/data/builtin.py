@@ -50,8 +50,8 @@ def faces_dataset(resolution: int | None = 32):
 def photos_dataset(resolution: int | None = None):
     """The RGB photos bundled with scikit-image (astronaut, chelsea, coffee, rocket) and scikit-learn (2 photos)."""
     import datasets
-    from sklearn.datasets import load_sample_images
     from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
 
     arrays = [getattr(skdata, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")]
     arrays += list(load_sample_images().images)

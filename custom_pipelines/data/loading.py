@@ -21,7 +21,7 @@ def load_image_dataset(
     dataset_config_name: str | None = None,
     cache_dir: str | None = None,
 ):
-    """Load an image dataset by built-in name (`digits`, `faces`, `photos`), saved-dataset folder, Hub id or imagefolder.
+    """Load images by built-in name (`digits`, `faces`, `photos`), saved-dataset folder, Hub id or imagefolder.
 
     Exactly one of `dataset_name` and `train_data_dir` must be given. Built-in datasets are resized to `resolution`
     here; every other source keeps its images as they are (the transform resizes them).

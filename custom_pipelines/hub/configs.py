@@ -33,8 +33,8 @@ def resolve_variant(name_or_path: str | os.PathLike, component: str | None = Non
         return Path(snapshot_download(str(name_or_path), allow_patterns=patterns, **hub_kwargs))
     except Exception as err:
         raise ValueError(
-            f"model config {str(name_or_path)!r} is not a folder, a variant in hub_configs/ ({', '.join(list_variants())}) "
-            f"or a reachable Hub repo ({type(err).__name__}: {err})"
+            f"model config {str(name_or_path)!r} is not a folder, a variant in hub_configs/ "
+            f"({', '.join(list_variants())}) or a reachable Hub repo ({type(err).__name__}: {err})"
         ) from err
 
 

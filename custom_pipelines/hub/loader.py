@@ -43,7 +43,9 @@ def resolve_pipeline_class(class_name: str | list[str]) -> type[diffusers.Diffus
         cls = getattr(namespace, class_name, None)
         if isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline):
             return cls
-    raise ValueError(f"model_index.json names _class_name={class_name!r}, which neither custom_pipelines nor diffusers has")
+    raise ValueError(
+        f"model_index.json names _class_name={class_name!r}, which neither custom_pipelines nor diffusers has"
+    )
 
 
 def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> diffusers.DiffusionPipeline:

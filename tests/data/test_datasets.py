@@ -45,7 +45,9 @@ def test_transform_range_shape_and_seeded_flip():
     assert t[0, 0, 0] < t[0, 0, -1]  # left-to-right gradient preserved without flip
     rgb = ImageTransform(8, channels=3)(image)
     assert rgb.shape == (3, 8, 8) and torch.equal(rgb[0], rgb[1])
-    flips = [ImageTransform(8, 1, random_flip=True, generator=torch.Generator().manual_seed(s))(image) for s in range(8)]
+    flips = [
+        ImageTransform(8, 1, random_flip=True, generator=torch.Generator().manual_seed(s))(image) for s in range(8)
+    ]
     flipped = [bool(f[0, 0, 0] > f[0, 0, -1]) for f in flips]
     assert any(flipped) and not all(flipped)
 

@@ -25,7 +25,9 @@ def cache_repo(folder, cache_dir, repo_id="acme/tiny-ddpm"):
 
 @pytest.fixture
 def saved_pipeline(tmp_path):
-    pipe = UnconditionalDiffusionPipeline(unet=tiny_unet(), scheduler=DDPMAncestralScheduler.from_config(scheduler_config()))
+    pipe = UnconditionalDiffusionPipeline(
+        unet=tiny_unet(), scheduler=DDPMAncestralScheduler.from_config(scheduler_config())
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path / "saved")
     return pipe, tmp_path / "saved"
@@ -33,7 +35,9 @@ def saved_pipeline(tmp_path):
 
 def sample(pipe):
     pipe.set_progress_bar_config(disable=True)
-    return pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    return pipe(
+        batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
 
 
 def test_load_pipeline_from_folder_dispatches_to_our_class(saved_pipeline):
@@ -95,6 +99,9 @@ def test_push_uploads_the_pipeline_not_checkpoints(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     assert reporting.push_folder_to_hub(str(tmp_path), "me/ddpm", "tok", private=True) == "commit-url"
-    assert calls["token"] == "tok" and calls["create"] == ("me/ddpm", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls["token"] == "tok" and calls["create"] == (
+        "me/ddpm",
+        {"private": True, "exist_ok": True, "repo_type": "model"},
+    )
     assert calls["upload"]["repo_id"] == "me/ddpm" and calls["upload"]["folder_path"] == str(tmp_path)
     assert "checkpoint-*" in calls["upload"]["ignore_patterns"] and ".tmp-*" in calls["upload"]["ignore_patterns"]

@@ -16,7 +16,9 @@ from tests.utils import scheduler_config, tiny_unet
 
 @pytest.fixture
 def pipe():
-    pipe = UnconditionalDiffusionPipeline(unet=tiny_unet(), scheduler=DDPMAncestralScheduler.from_config(scheduler_config()))
+    pipe = UnconditionalDiffusionPipeline(
+        unet=tiny_unet(), scheduler=DDPMAncestralScheduler.from_config(scheduler_config())
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -45,7 +47,13 @@ def test_frozen_slice(pipe):
 
 def test_dict_equals_tuple(pipe):
     a = run(pipe, batch_size=2)
-    b = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np", return_dict=False)
+    b = pipe(
+        batch_size=2,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        return_dict=False,
+    )
     assert isinstance(b, tuple)
     np.testing.assert_array_equal(a, b[0])
 
@@ -58,7 +66,9 @@ def test_batch_equals_single_runs(pipe):
         output_type="np",
     ).images
     singles = [
-        pipe(batch_size=1, num_inference_steps=3, generator=[torch.Generator().manual_seed(s)], output_type="np").images[0]
+        pipe(
+            batch_size=1, num_inference_steps=3, generator=[torch.Generator().manual_seed(s)], output_type="np"
+        ).images[0]
         for s in (1, 2)
     ]
     np.testing.assert_allclose(batch, np.stack(singles), atol=1e-5)
@@ -66,8 +76,12 @@ def test_batch_equals_single_runs(pipe):
 
 def test_latents_argument_is_used(pipe):
     latents = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-    a = pipe(latents=latents, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
-    b = pipe(latents=latents, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    a = pipe(
+        latents=latents, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    b = pipe(
+        latents=latents, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     c = run(pipe, seed=0)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -108,7 +122,9 @@ def test_ddim_in_ours_matches_stock_ddim_pipeline(pipe):
 def test_our_scheduler_inside_stock_ddpm_pipeline(pipe):
     stock = DDPMPipeline(unet=pipe.unet, scheduler=DPMSolver2MScheduler.from_config(pipe.scheduler.config))
     stock.set_progress_bar_config(disable=True)
-    images = stock(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = stock(
+        batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
 
 

@@ -44,7 +44,9 @@ def test_train_save_reload_and_sample(tmp_path):
 
     pipe = UnconditionalDiffusionPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, 8, 8, 1) and 0 <= images.min() and images.max() <= 1
     assert pipe.scheduler.config.num_train_timesteps == 100
 
@@ -77,7 +79,9 @@ def test_resume_from_latest_continues_exactly(tmp_path):
 
 def test_checkpoints_total_limit(tmp_path):
     out = tmp_path / "run"
-    train_ddpm.main(train_ddpm.parse_args(tiny_args(out, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2")))
+    train_ddpm.main(
+        train_ddpm.parse_args(tiny_args(out, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"))
+    )
     assert [s for s, _ in list_checkpoints(out)] == [4, 6]
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and state["world_size"] == 1 and "unet" in state["ema"]
@@ -122,7 +126,11 @@ def test_bad_dataset_and_resolution(tmp_path):
 
 def test_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "training" / "train_ddpm.py"), *tiny_args(tmp_path / "c", "--prediction_type", "x")],
+        [
+            sys.executable,
+            str(REPO / "training" / "train_ddpm.py"),
+            *tiny_args(tmp_path / "c", "--prediction_type", "x"),
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -8,10 +8,14 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, default_learning_rate: float = 1e-4) -> argparse.ArgumentParser:
+def add_common_args(
+    parser: argparse.ArgumentParser, *, default_learning_rate: float = 1e-4
+) -> argparse.ArgumentParser:
     """Add data, optimisation, accelerate, EMA, checkpoint, logging and hub flags (diffusers' example names)."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", default=None, help="built-in name (digits, faces, photos), saved dataset dir or Hub id")
+    data.add_argument(
+        "--dataset_name", default=None, help="built-in name (digits, faces, photos), saved dataset dir or Hub id"
+    )
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_data_dir", default=None, help="a folder of images (imagefolder layout)")
     data.add_argument("--image_column", default="image")
@@ -58,7 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_learning_rate: f
     run.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "none"))
     run.add_argument("--eval_fid_every", type=int, default=0, help="every N steps: FID/KID/precision/recall (0: off)")
     run.add_argument("--eval_num_samples", type=int, default=256, help="generated images per evaluation")
-    run.add_argument("--eval_reference", default=None, help="'digits' or an image folder (default: digits / --train_data_dir)")
+    run.add_argument(
+        "--eval_reference", default=None, help="'digits' or an image folder (default: digits / --train_data_dir)"
+    )
     run.add_argument("--eval_feature_extractor", default="digits", choices=("digits", "inception"))
     run.add_argument("--eval_inception_weights", default=None, help="safetensors file / repo of the FID Inception-v3")
     run.add_argument("--push_to_hub", action="store_true")

@@ -62,7 +62,9 @@ def load_ema(ema_models: dict, folder: str, counters: dict) -> None:
     for name, ema in ema_models.items():
         tensors = load_file(os.path.join(folder, f"{name}.safetensors"))
         if len(tensors) != len(ema.shadow_params):
-            raise ValueError(f"EMA checkpoint of {name!r} has {len(tensors)} tensors, the model {len(ema.shadow_params)}")
+            raise ValueError(
+                f"EMA checkpoint of {name!r} has {len(tensors)} tensors, the model {len(ema.shadow_params)}"
+            )
         with torch.no_grad():
             for i, shadow in enumerate(ema.shadow_params):
                 shadow.copy_(tensors[f"{i:05d}"].to(shadow.device, shadow.dtype))

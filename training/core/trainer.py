@@ -42,7 +42,9 @@ def create_accelerator(args) -> Accelerator:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -110,7 +112,12 @@ class Trainer:
             raise ValueError(f"optimizers {sorted(unknown)} have no model of the same name in {sorted(models)}")
         self.args, self.accelerator = args, accelerator
         self.training_step, self.sample_images, self.save_pipeline = training_step, sample_images, save_pipeline
-        self.extra_state, self.family, self.pipeline_class, self.description = extra_state, family, pipeline_class, description
+        self.extra_state, self.family, self.pipeline_class, self.description = (
+            extra_state,
+            family,
+            pipeline_class,
+            description,
+        )
         self.build_pipeline, self.eval_pipeline_kwargs = build_pipeline, dict(eval_pipeline_kwargs or {})
         if getattr(args, "eval_fid_every", 0) and build_pipeline is None:
             raise ValueError(f"--eval_fid_every is not supported by the {family} script (it gives no build_pipeline)")
@@ -125,7 +132,10 @@ class Trainer:
         n = accelerator.num_processes  # prepared lr schedulers step once per process
         lr_schedulers = {
             name: get_scheduler(
-                args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * n, num_training_steps=self.max_train_steps * n
+                args.lr_scheduler,
+                opt,
+                num_warmup_steps=args.lr_warmup_steps * n,
+                num_training_steps=self.max_train_steps * n,
             )
             for name, opt in optimizers.items()
         }
@@ -235,7 +245,10 @@ class Trainer:
 
     def _log(self, pending: dict[str, list]) -> dict[str, float]:
         # One host sync per logging interval, not per step.
-        logs = {k: float(torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vs]).mean()) for k, vs in pending.items()}
+        logs = {
+            k: float(torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vs]).mean())
+            for k, vs in pending.items()
+        }
         logs["lr"] = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0] if self.lr_schedulers else 0.0
         self.accelerator.log(logs, step=self.global_step)
         if self.accelerator.is_main_process:
@@ -249,7 +262,12 @@ class Trainer:
             "extra": self.extra_state.state_dict() if self.extra_state is not None else None,
         }
         return save_checkpoint(
-            self.accelerator, self.args.output_dir, self.global_step, self.emas, state, self.args.checkpoints_total_limit
+            self.accelerator,
+            self.args.output_dir,
+            self.global_step,
+            self.emas,
+            state,
+            self.args.checkpoints_total_limit,
         )
 
     def _maybe_resume(self) -> str | None:
@@ -307,9 +325,13 @@ class Trainer:
                     extractor = build_feature_extractor(
                         args.eval_feature_extractor, probe.shape[-1], args.eval_inception_weights, device=self.device
                     )
-                    reference = args.eval_reference or ("digits" if args.dataset_name == "digits" else args.train_data_dir)
+                    reference = args.eval_reference or (
+                        "digits" if args.dataset_name == "digits" else args.train_data_dir
+                    )
                     if reference is None:
-                        raise ValueError("--eval_fid_every needs --eval_reference for this dataset ('digits' or a folder)")
+                        raise ValueError(
+                            "--eval_fid_every needs --eval_reference for this dataset ('digits' or a folder)"
+                        )
                     self._eval_reference = (extractor, reference_features(reference, extractor, probe.shape[-1]))
                 extractor, real = self._eval_reference
                 result = evaluate_pipeline(
@@ -346,7 +368,11 @@ class Trainer:
                 json.dump(summary, f, indent=2)
             curve = plot_loss_curve(args.output_dir)
             write_model_card(
-                args.output_dir, family=self.family, description=self.description, args=args, pipeline_class=self.pipeline_class
+                args.output_dir,
+                family=self.family,
+                description=self.description,
+                args=args,
+                pipeline_class=self.pipeline_class,
             )
             logger.info(f"saved pipeline to {args.output_dir}; loss curve {curve}", main_process_only=True)
             if args.push_to_hub:
