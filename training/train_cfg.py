@@ -40,14 +40,12 @@ from training.core.data import load_train_dataset
 from training.train_ddpm import PREDICTION_TYPES, check_resolution
 
 DEFAULT_LEARNING_RATE = 2e-4
-FINETUNE_LEARNING_RATE_FACTOR = 0.1  # fine-tuning default: 10× lower, so the pretrained weights are not washed out
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "ClassConcatUNet2DModel": ClassConcatUNet2DModel}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, default_learning_rate=DEFAULT_LEARNING_RATE)
-    parser.set_defaults(learning_rate=None)  # resolved below: fine-tuning gets a lower default
     cfg = parser.add_argument_group("classifier-free guidance")
     cfg.add_argument("--model_config", default="cfg-digits-16", help="hub_configs variant, folder or Hub repo id")
     cfg.add_argument("--conditioning", default=None, help=f"one of {CONDITIONING_METHODS} (default: the config's)")
@@ -57,9 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cfg.add_argument("--num_inference_steps", type=int, default=50, help="steps for validation sampling")
     cfg.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
     args = parser.parse_args(argv)
-    if args.learning_rate is None:
-        factor = FINETUNE_LEARNING_RATE_FACTOR if args.pretrained_model_name_or_path else 1.0
-        args.learning_rate = DEFAULT_LEARNING_RATE * factor
     validate_args(args)
     return args
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+FINETUNE_LR_FACTOR = 0.1  # fine-tuning starts from good weights: a 10× smaller default step keeps them
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -35,7 +36,13 @@ def add_common_args(
     opt.add_argument("--num_epochs", type=int, default=None)
     opt.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_epochs")
     opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    opt.add_argument("--learning_rate", type=float, default=default_learning_rate)
+    opt.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help=f"default {default_learning_rate:g}; {FINETUNE_LR_FACTOR:g}× that with --pretrained_model_name_or_path",
+    )
+    parser.set_defaults(default_learning_rate=default_learning_rate)
     opt.add_argument("--lr_scheduler", default="constant_with_warmup", choices=LR_SCHEDULERS)
     opt.add_argument("--lr_warmup_steps", type=int, default=100)
     opt.add_argument("--adam_beta1", type=float, default=0.9)
@@ -93,6 +100,9 @@ def validate_common_args(args: argparse.Namespace) -> None:
     _positive(args, "checkpoints_total_limit", allow_none=True)
     if args.max_train_steps is None and args.num_epochs is None:
         raise ValueError("give --max_train_steps or --num_epochs")
+    if args.learning_rate is None:
+        factor = FINETUNE_LR_FACTOR if args.pretrained_model_name_or_path else 1.0
+        args.learning_rate = args.default_learning_rate * factor
     if not args.learning_rate > 0:
         raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.lr_warmup_steps < 0:
