@@ -73,6 +73,7 @@ def main(argv=None):
     parser.add_argument("--train_steps", type=int, default=8, help="timed training steps per variant per round")
     parser.add_argument("--sample_steps", type=int, default=10, help="denoising steps per timed sampling call")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile variants (~1-2 min compile each)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,6 +96,12 @@ def main(argv=None):
         unet = copy.deepcopy(base).train()
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=not name.startswith("stock") or None)
         train_variants[name] = lambda step=step, unet=unet, opt=opt: step(unet, opt)
+    if args.compile:  # what `accelerate launch --dynamo_backend inductor ... --mixed_precision bf16` runs
+        unet = copy.deepcopy(base).train()
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=True)
+        compiled = torch.compile(unet)
+        name = "ours bf16 autocast + torch.compile (--dynamo_backend inductor)"
+        train_variants[name] = lambda: our_train_step(compiled, opt, our_sched, clean, torch.bfloat16)
 
     def pipe_call(pipe, **kw):
         pipe.set_progress_bar_config(disable=True)
@@ -118,6 +125,19 @@ def main(argv=None):
             UnconditionalDiffusionPipeline(unet=bf16_unet, scheduler=DDIMEtaScheduler.from_config(sched_config))
         ),
     }
+
+    if args.compile:
+        compiled_unet = torch.compile(copy.deepcopy(base).eval().to(torch.bfloat16))
+        name = "ours, DDPMAncestral, UNet bf16 + torch.compile"
+        sample_variants[name] = pipe_call(
+            UnconditionalDiffusionPipeline(
+                unet=compiled_unet, scheduler=DDPMAncestralScheduler.from_config(sched_config)
+            )
+        )
+        with torch.no_grad():  # compile outside the timed rounds
+            start = time.perf_counter()
+            sample_variants[name]()
+            print(f"torch.compile of the sampling UNet: {time.perf_counter() - start:.0f} s")
 
     train_times = {k: [] for k in train_variants}
     sample_times = {k: [] for k in sample_variants}
