@@ -154,3 +154,20 @@ def test_callback_on_step_end_can_replace_latents(pipe):
 def test_bad_arguments_raise(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipe(**{"num_inference_steps": 2, **kwargs})
+
+
+def test_bf16_unet_fast_path_keeps_fp32_state_and_matches_fp32(pipe):
+    """`torch_dtype=torch.bfloat16`: the UNet runs in bf16, x_t stays fp32, images agree with fp32 to bf16 accuracy."""
+    reference = run(pipe, batch_size=2, num_inference_steps=3, output_type="pt")
+    fast = UnconditionalDiffusionPipeline(unet=tiny_unet().to(torch.bfloat16), scheduler=pipe.scheduler)
+    fast.set_progress_bar_config(disable=True)
+    dtypes = []
+    images = run(
+        fast,
+        batch_size=2,
+        num_inference_steps=3,
+        output_type="pt",
+        callback_on_step_end=lambda p, i, t, tensors: dtypes.append(tensors["latents"].dtype) or {},
+    )
+    assert dtypes == [torch.float32] * 3 and images.dtype == torch.float32
+    assert (images - reference).abs().mean() < 0.005 and (images - reference).abs().max() < 0.05

@@ -186,3 +186,13 @@ def test_accelerate_launch_two_cpu_processes(configs, tmp_path, family):
         ranks = summary["param_checksums"][name]
         assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept both ranks' weights identical
     assert [s for s, _ in list_checkpoints(out)] == [3]
+
+    # Resume the two-process run from its latest checkpoint (step 3) and go on to step 6.
+    resume = [*cmd, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]  # the last flag wins
+    result = subprocess.run(resume, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["world_size"] == 2
+    assert [s for s, _ in list_checkpoints(out)] == [3, 6]
+    steps = [m["step"] for m in read_metrics(out)]
+    assert steps[-1] == 6 and 4 in steps[steps.index(3) + 1 :]  # logged 4.. after the resume, not 1..
