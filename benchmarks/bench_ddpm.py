@@ -57,6 +57,22 @@ def our_train_step(unet, optimizer, scheduler, clean, autocast_dtype):
     optimizer.zero_grad(set_to_none=True)
 
 
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of an n×n @ n×n matmul: the machine's practical peak for this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / time_it(lambda: a @ b, repeats) / 1e9
+
+
+def unet_forward_gflop(unet, sample: torch.Tensor) -> float:
+    """GFLOP of one UNet forward (convs, matmuls, attention) counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(sample, torch.full((sample.shape[0],), 500))
+    return counter.get_total_flops() / 1e9
+
+
 def time_it(fn, repeats: int) -> float:
     fn()  # warm-up (allocator, oneDNN primitive cache)
     start = time.perf_counter()
@@ -156,11 +172,27 @@ def main(argv=None):
     for name, times in train_times.items():
         t = statistics.median(times)
         print(f"| {name} | {t * 1e3:.0f} | {args.batch_size / t:.0f} | {stock / t:.2f} |")
+    print_efficiency(eval_unet, bf16_unet, clean)
     stock = statistics.median(sample_times["stock DDPMPipeline (fp32)"])
     print("\n| sampling | ms per network evaluation | × stock DDPMPipeline time |\n|---|---|---|")
     for name, times in sample_times.items():
         t = statistics.median(times)
         print(f"| {name} | {t * 1e3:.1f} | {t / stock:.2f} |")
+
+
+def print_efficiency(fp32_unet, bf16_unet, clean: torch.Tensor) -> None:
+    """UNet forward GFLOP/s against the matmul peak of the same dtype, measured in the same run."""
+    gflop = unet_forward_gflop(fp32_unet, clean)
+    timesteps = torch.full((clean.shape[0],), 500)
+    header = f"UNet forward, batch {clean.shape[0]} ({gflop:.2f} GFLOP)"
+    print(f"\n| {header} | ms | GFLOP/s | matmul peak GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|")
+    with torch.no_grad():
+        for name, unet, dtype in (("fp32", fp32_unet, torch.float32), ("bf16 weights", bf16_unet, torch.bfloat16)):
+            seconds = time_it(lambda unet=unet, dtype=dtype: unet(clean.to(dtype), timesteps), 5)
+            peak = matmul_peak_gflops(dtype)
+            achieved = gflop / seconds
+            print(f"| {name} | {seconds * 1e3:.1f} | {achieved:.0f} | {peak:.0f} | {100 * achieved / peak:.0f}% |")
 
 
 if __name__ == "__main__":
