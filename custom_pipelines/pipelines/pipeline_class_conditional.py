@@ -28,6 +28,7 @@ from .utils import (
     extra_step_kwargs,
     postprocess_images,
     run_step_callback,
+    unet_sample_shape,
 )
 
 ClassLabel = int | str
@@ -107,9 +108,7 @@ class ClassConditionalDiffusionPipeline(DiffusionPipeline):
         return ids
 
     def _sample_shape(self, batch_size: int) -> tuple[int, int, int, int]:
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return (batch_size, self.unet.config.in_channels, height, width)
+        return unet_sample_shape(self.unet, batch_size)
 
     def check_inputs(
         self,

@@ -18,6 +18,7 @@ from .utils import (
     extra_step_kwargs,
     postprocess_images,
     run_step_callback,
+    unet_sample_shape,
 )
 
 
@@ -39,9 +40,7 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
 
     def _sample_shape(self, batch_size: int) -> tuple[int, int, int, int]:
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return (batch_size, self.unet.config.in_channels, height, width)
+        return unet_sample_shape(self.unet, batch_size)
 
     def check_inputs(
         self,

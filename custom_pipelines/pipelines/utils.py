@@ -12,6 +12,13 @@ from diffusers.image_processor import VaeImageProcessor
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def unet_sample_shape(unet, batch_size: int) -> tuple[int, int, int, int]:
+    """(B, C, H, W) of a pixel-space sample from the UNet's config (`sample_size` an int or (H, W))."""
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return (batch_size, unet.config.in_channels, height, width)
+
+
 def check_positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
