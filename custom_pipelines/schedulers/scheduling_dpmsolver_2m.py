@@ -299,9 +299,14 @@ class DPMSolver2MScheduler(NoiseScheduleMixin, SchedulerMixin, ConfigMixin):
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
         if self._step_index is None:
-            self._step_index = (
-                self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
-            )
+            if self._begin_index is not None:
+                self._step_index = self._begin_index
+            elif int(timestep) == int(self.timesteps[0]):
+                # A loop over self.timesteps starts at index 0 even when the schedule repeats its first timestep
+                # (Karras σ's on a cosine schedule map several σ's to t = T-1).
+                self._step_index = 0
+            else:
+                self._step_index = self.index_for_timestep(timestep)
         i = self._step_index
         if i >= len(self.timesteps):
             raise ValueError(f"all {len(self.timesteps)} steps were taken; call set_timesteps to sample again")

@@ -172,3 +172,15 @@ def test_step_output_and_half_precision():
     half.set_timesteps(5)
     y = half.step(dummy_model(x, 999).half(), 999, x.half()).prev_sample
     assert y.dtype == torch.float16 and (y.float() - out.prev_sample).abs().max() < 1e-2
+
+
+def test_karras_sigmas_with_repeated_first_timestep_run_a_full_loop():
+    """Karras σ's on the cosine schedule repeat t = 999; a loop over `timesteps` must still take every step."""
+    scheduler = DPMSolver2MScheduler(beta_schedule="squaredcos_cap_v2", use_karras_sigmas=True)
+    scheduler.set_timesteps(6)
+    assert scheduler.timesteps[0] == scheduler.timesteps[1]  # the situation under test
+    sample = torch.linspace(-1, 1, 32).reshape(2, 1, 4, 4)
+    for i, t in enumerate(scheduler.timesteps):
+        sample = scheduler.step(0.1 * sample, t, sample).prev_sample
+        assert scheduler.step_index == i + 1
+    assert torch.isfinite(sample).all()
