@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from custom_pipelines.models.class_conditioning import num_classes_of
 
@@ -18,16 +17,15 @@ from .guidance import (
     GuidanceFn,
     GuidanceStrength,
     check_loss_guidance,
-    loss_guided_model_output,
 )
 from .utils import (
     check_batch_and_steps,
     check_callback_inputs,
     check_generator,
     check_latents,
-    extra_step_kwargs,
     postprocess_images,
-    run_step_callback,
+    sample_pixel_diffusion,
+    state_dtype,
     unet_sample_shape,
 )
 
@@ -187,37 +185,30 @@ class ClassConditionalDiffusionPipeline(DiffusionPipeline):
             guidance_fn,
             guidance_strength,
         )
-        device, model_dtype = self._execution_device, self.unet.dtype
-        # The scheduler's state stays in fp32 (or fp64) whatever precision the UNet runs in.
-        dtype = torch.float64 if model_dtype == torch.float64 else torch.float32
+        model_dtype, dtype = self.unet.dtype, state_dtype(self.unet.dtype)
 
-        # 1. x_T ~ N(0, I), scaled for schedulers that work in σ-space.
-        if latents is None:
-            latents = randn_tensor(self._sample_shape(len(ids)), generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-
-        # 2. The (possibly respaced) timesteps t_N > … > t_1.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = extra_step_kwargs(self.scheduler, generator, eta)
-
-        # 3. The guided denoiser: ε̃(x_t, t) = ε_u + w (ε_c − ε_u), one batched pass over [y; ∅] when w ∉ {0, 1}.
-        labels = torch.tensor(ids, device=device, dtype=torch.long)
+        # The guided denoiser: ε̃(x_t, t) = ε_u + w (ε_c − ε_u), one batched pass over [y; ∅] when w ∉ {0, 1}.
+        labels = torch.tensor(ids, device=self._execution_device, dtype=torch.long)
         cfg = ClassifierFreeGuidance(self.unet, labels, guidance_scale, self.null_class_id)
 
         def model_fn(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return cfg(model_input.to(model_dtype), t).to(dtype)
 
-        # 4. Reverse process (Ho et al. 2020, Algorithm 2) with the guided prediction, plus loss guidance if asked.
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output, latents = loss_guided_model_output(
-                model_fn, self.scheduler, latents, t, i, guidance_fn, guidance_strength
-            )
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
-            latents = run_step_callback(self, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})[
-                "latents"
-            ]
+        latents = sample_pixel_diffusion(
+            self,
+            model_fn,
+            self._sample_shape(len(ids)),
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            latents=latents,
+            eta=eta,
+            guidance_fn=guidance_fn,
+            guidance_strength=guidance_strength,
+            callback_on_step_end=callback_on_step_end,
+            tensor_inputs=tensor_inputs,
+        )
 
-        # 5. [-1, 1] → requested output type.
+        # [-1, 1] → requested output type.
         images = postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

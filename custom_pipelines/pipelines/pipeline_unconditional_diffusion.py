@@ -7,17 +7,16 @@ from collections.abc import Callable
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
-from .guidance import GuidanceFn, GuidanceStrength, check_loss_guidance, loss_guided_model_output
+from .guidance import GuidanceFn, GuidanceStrength, check_loss_guidance
 from .utils import (
     check_batch_and_steps,
     check_callback_inputs,
     check_generator,
     check_latents,
-    extra_step_kwargs,
     postprocess_images,
-    run_step_callback,
+    sample_pixel_diffusion,
+    state_dtype,
     unet_sample_shape,
 )
 
@@ -109,35 +108,26 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
             guidance_fn,
             guidance_strength,
         )
-        device, model_dtype = self._execution_device, self.unet.dtype
-        # The scheduler's state stays in fp32 even when the UNet runs in bf16/fp16 (`torch_dtype=` at load):
-        # low-precision x_t accumulates rounding error over the steps, the network does not need fp32.
-        dtype = torch.float64 if model_dtype == torch.float64 else torch.float32
+        model_dtype, dtype = self.unet.dtype, state_dtype(self.unet.dtype)
 
-        # 1. x_T ~ N(0, I), scaled for schedulers that work in σ-space.
-        if latents is None:
-            latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-
-        # 2. The (possibly respaced) timesteps t_N > … > t_1.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = extra_step_kwargs(self.scheduler, generator, eta)
-
-        # 3. Reverse process: predict with the UNet (pushing x_t down ∇ loss first when guided, see guidance.py),
-        #    let the scheduler take x_t → x_{t-1}.
         def model_fn(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.unet(model_input.to(model_dtype), t).sample.to(dtype)
 
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output, latents = loss_guided_model_output(
-                model_fn, self.scheduler, latents, t, i, guidance_fn, guidance_strength
-            )
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
-            latents = run_step_callback(self, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})[
-                "latents"
-            ]
+        latents = sample_pixel_diffusion(
+            self,
+            model_fn,
+            self._sample_shape(batch_size),
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            latents=latents,
+            eta=eta,
+            guidance_fn=guidance_fn,
+            guidance_strength=guidance_strength,
+            callback_on_step_end=callback_on_step_end,
+            tensor_inputs=tensor_inputs,
+        )
 
-        # 4. [-1, 1] → requested output type.
+        # [-1, 1] → requested output type.
         images = postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -88,3 +89,50 @@ def postprocess_images(images: torch.Tensor, output_type: str) -> torch.Tensor |
     if output_type == "latent":
         return images
     return _IMAGE_PROCESSOR.postprocess(images.float().cpu(), output_type=output_type)
+
+
+def sample_pixel_diffusion(
+    pipe,
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    *,
+    num_inference_steps: int,
+    generator,
+    latents: torch.Tensor | None,
+    eta: float,
+    guidance_fn,
+    guidance_strength,
+    callback_on_step_end: Callable | None,
+    tensor_inputs: list[str],
+) -> torch.Tensor:
+    """The reverse process every pixel pipeline shares (Ho et al. 2020, Algorithm 2, any scheduler).
+
+    `model_fn(x_t, t)` is the (possibly guided) denoiser taking and returning the scheduler's dtype. x_t stays in
+    fp32 (fp64 for an fp64 model) even when the network runs in bf16/fp16: low-precision x_t accumulates rounding
+    error over the steps, the network does not need fp32. Returns x_0 in about [-1, 1].
+    """
+    from .guidance import loss_guided_model_output  # guidance.py builds on these helpers, not the reverse
+
+    device = pipe._execution_device
+    dtype = state_dtype(pipe.unet.dtype)
+    scheduler = pipe.scheduler
+    # 1. x_T ~ N(0, I), scaled for schedulers that work in σ-space.
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+    # 2. The (possibly respaced) timesteps t_N > … > t_1.
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    step_kwargs = extra_step_kwargs(scheduler, generator, eta)
+    # 3. Predict (pushing x_t down ∇ loss first when loss-guided), then let the scheduler take x_t → x_{t-1}.
+    for i, t in enumerate(pipe.progress_bar(scheduler.timesteps)):
+        model_output, latents = loss_guided_model_output(
+            model_fn, scheduler, latents, t, i, guidance_fn, guidance_strength
+        )
+        latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        latents = run_step_callback(pipe, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})["latents"]
+    return latents
+
+
+def state_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the scheduler state x_t for a network of `model_dtype`."""
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
