@@ -49,6 +49,8 @@ def test_train_save_reload_and_sample(tmp_path):
     ).images
     assert images.shape == (2, 8, 8, 1) and 0 <= images.min() and images.max() <= 1
     assert pipe.scheduler.config.num_train_timesteps == 100
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["attention_backend"] == "math" and summary["mixed_precision"] == "no"  # CPU default
 
 
 def test_resume_from_latest_continues_exactly(tmp_path):

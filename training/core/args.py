@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from custom_pipelines.models.attention import ATTENTION_BACKENDS
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 FINETUNE_LR_FACTOR = 0.1  # fine-tuning starts from good weights: a 10× smaller default step keeps them
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -51,6 +53,12 @@ def add_common_args(
     opt.add_argument("--adam_epsilon", type=float, default=1e-8)
     opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
     opt.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION)
+    opt.add_argument(
+        "--attention_backend",
+        default="auto",
+        choices=ATTENTION_BACKENDS,
+        help="attention layers: 'auto' = plain matmuls on CPU (faster backward at small sizes), SDPA on GPU",
+    )
     opt.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune from a pipeline dir or Hub id")
 
     ema = parser.add_argument_group("EMA (diffusers' EMAModel with warm-up)")

@@ -26,6 +26,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from custom_pipelines.models.attention import set_attention_backend
+
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import load_train_dataset, make_dataloader
 from .reporting import append_metrics, image_grid, plot_loss_curve, push_folder_to_hub, write_model_card
@@ -140,6 +142,9 @@ class Trainer:
             for name, opt in optimizers.items()
         }
         names_m, names_o = list(models), list(optimizers)
+        # before prepare, so that a compiled model traces the chosen attention
+        backend = getattr(args, "attention_backend", "auto")
+        self.attention_backend = [set_attention_backend(m, backend, accelerator.device) for m in models.values()][0]
         prepared = accelerator.prepare(*models.values(), *optimizers.values(), *lr_schedulers.values(), dataloader)
         self.models = dict(zip(names_m, prepared[: len(names_m)]))
         self.optimizers = dict(zip(names_o, prepared[len(names_m) : len(names_m) + len(names_o)]))
@@ -363,7 +368,13 @@ class Trainer:
                 self.unwrap(name).eval()
             with self.ema_weights():
                 self.save_pipeline(self, args.output_dir)
-            summary = {"global_step": self.global_step, "world_size": acc.num_processes, "param_checksums": checksums}
+            summary = {
+                "global_step": self.global_step,
+                "world_size": acc.num_processes,
+                "mixed_precision": acc.mixed_precision,
+                "attention_backend": self.attention_backend,
+                "param_checksums": checksums,
+            }
             with open(os.path.join(args.output_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
             curve = plot_loss_curve(args.output_dir)
