@@ -16,6 +16,7 @@ from .pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipel
 from .pipelines.pipeline_gan import GANPipeline
 from .pipelines.pipeline_stylegan import StyleGANPipeline
 from .pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+from .pipelines.timestep_search import optimize_timesteps
 from .schedulers import DDIMEtaScheduler, DDPMAncestralScheduler, DPMSolver2MScheduler, make_beta_schedule
 
 __version__ = "0.1.0"
@@ -43,4 +44,5 @@ __all__ = [
     "evaluate_pipeline",
     "load_pipeline",
     "make_beta_schedule",
+    "optimize_timesteps",
 ]

@@ -13,6 +13,7 @@ import torch
 
 from custom_pipelines.hub.loader import load_pipeline
 from custom_pipelines.models.class_conditioning import num_classes_of
+from custom_pipelines.schedulers import SCHEDULER_NAMES, scheduler_from_name
 from training.core.reporting import image_grid
 
 
@@ -24,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
+    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="swap in one of our samplers")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="custom schedule (optimize_timesteps)")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         raise ValueError(f"--num_images must be a positive integer, got {args.num_images}")
@@ -34,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> str:
     pipe = load_pipeline(args.pipeline)
+    if args.scheduler is not None:
+        pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {"generator": torch.Generator().manual_seed(args.seed), "output_type": "pt"}
     nrow = None
@@ -49,6 +54,10 @@ def main(args: argparse.Namespace) -> str:
         if "guidance_scale" not in accepted:
             raise ValueError(f"--guidance_scale: {type(pipe).__name__} takes no guidance_scale")
         kwargs["guidance_scale"] = args.guidance_scale
+    if args.timesteps is not None:
+        if "timesteps" not in accepted:
+            raise ValueError(f"--timesteps: {type(pipe).__name__} takes no timesteps")
+        kwargs["timesteps"] = args.timesteps
     images = pipe(**kwargs).images
     image_grid(images, nrow=nrow).save(args.output)
     print(f"{type(pipe).__name__} from {args.pipeline}: {len(images)} samples -> {args.output}")

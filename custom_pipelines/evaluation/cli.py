@@ -15,6 +15,7 @@ import os
 import torch
 
 from custom_pipelines.evaluation.evaluator import build_feature_extractor, evaluate_pipeline
+from custom_pipelines.schedulers import SCHEDULER_NAMES, scheduler_from_name
 
 
 def _class_labels(value: str | None, num_classes: int) -> list[int] | None:
@@ -41,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception_filename", default=None, help=".safetensors file inside the Hub repo")
     parser.add_argument("--digits_cache_dir", default=None, help="where the digits classifier is cached")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="sampler steps (pipeline default)")
+    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="swap in one of our samplers")
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=None, help="custom schedule (see optimize_timesteps)"
+    )
     parser.add_argument("--guidance_scale", type=float, default=None, help="for guided pipelines")
     parser.add_argument("--class_labels", default=None, help="'all' (balanced), 'none' or e.g. '3,5'")
     parser.add_argument("--num_classes", type=int, default=10, help="classes cycled by --class_labels all")
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> dict:
     from custom_pipelines.hub.loader import load_pipeline
 
     pipe = load_pipeline(args.pipeline).to(args.device)
+    if args.scheduler is not None:
+        pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     extractor = args.feature_extractor
     if extractor == "inception":
@@ -86,8 +93,12 @@ def run(args: argparse.Namespace) -> dict:
         digits_cache_dir=args.digits_cache_dir,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
+        timesteps=args.timesteps,
     )
     metrics = {**metrics, "pipeline": args.pipeline, "num_inference_steps": args.num_inference_steps}
+    metrics["scheduler"] = type(pipe.scheduler).__name__
+    if args.timesteps is not None:
+        metrics["timesteps"] = " ".join(map(str, args.timesteps))
     print(format_table(metrics))
     if args.output is not None:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -129,6 +129,11 @@ def frechet_distance(
             f"mean/covariance shapes do not match: mu1 {mu1.shape}, mu2 {mu2.shape}, "
             f"sigma1 {sigma1.shape}, sigma2 {sigma2.shape}"
         )
+    for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        if not np.isfinite(value).all():
+            raise ValueError(
+                f"FID: {name} has NaN/inf entries; the images it came from are not finite (a diverged sampler?)"
+            )
     if method == "sqrtm":
         tr_covmean = _trace_sqrt_product_sqrtm(sigma1, sigma2, eps)
     elif method == "eigh":

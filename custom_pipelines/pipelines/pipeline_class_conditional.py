@@ -140,6 +140,7 @@ class ClassConditionalDiffusionPipeline(DiffusionPipeline):
         class_labels: ClassLabel | Sequence[ClassLabel] | torch.Tensor,
         guidance_scale: float = 2.0,
         num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         eta: float = 0.0,
@@ -160,6 +161,10 @@ class ClassConditionalDiffusionPipeline(DiffusionPipeline):
                 forward pass per step. Other values run one batched pass over [cond; null] (twice the batch). Larger
                 w: more class-typical, less diverse images.
             num_inference_steps (`int`, defaults to 50): denoising steps, 1 ≤ steps ≤ `num_train_timesteps`.
+            timesteps (`list[int]`, *optional*): strictly descending timesteps in [0, num_train_timesteps) to use
+                instead of `num_inference_steps` evenly spaced ones (diffusers' convention), e.g. a schedule from
+                `optimize_timesteps`. The last one steps to the clean image. Needs a scheduler whose `set_timesteps`
+                takes `timesteps` (all of ours).
             generator (`torch.Generator` or list of them): a list gives one per image, so a batch equals the same
                 images made one by one.
             latents (`torch.Tensor` of shape `(len(class_labels), C, H, W)`): start noise x_T instead of a fresh draw.
@@ -199,6 +204,7 @@ class ClassConditionalDiffusionPipeline(DiffusionPipeline):
             model_fn,
             self._sample_shape(len(ids)),
             num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
             generator=generator,
             latents=latents,
             eta=eta,

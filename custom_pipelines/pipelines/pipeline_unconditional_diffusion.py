@@ -64,6 +64,7 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
         self,
         batch_size: int = 1,
         num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         eta: float = 0.0,
@@ -80,6 +81,10 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
             batch_size (`int`, defaults to 1): number of images, ≥ 1.
             num_inference_steps (`int`, defaults to 50): denoising steps (network evaluations for first-order
                 schedulers), 1 ≤ steps ≤ the scheduler's `num_train_timesteps`.
+            timesteps (`list[int]`, *optional*): strictly descending timesteps in [0, num_train_timesteps) to use
+                instead of `num_inference_steps` evenly spaced ones (diffusers' convention), e.g. a schedule from
+                `optimize_timesteps`. The last one steps to the clean image. Needs a scheduler whose `set_timesteps`
+                takes `timesteps` (all of ours).
             generator (`torch.Generator` or list of them): makes sampling deterministic; a list gives one per image,
                 so a batch equals the same images made one by one.
             latents (`torch.Tensor` of shape `(batch_size, C, H, W)`): start noise x_T instead of a fresh draw.
@@ -118,6 +123,7 @@ class UnconditionalDiffusionPipeline(DiffusionPipeline):
             model_fn,
             self._sample_shape(batch_size),
             num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
             generator=generator,
             latents=latents,
             eta=eta,

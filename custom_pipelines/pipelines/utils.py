@@ -100,6 +100,7 @@ def sample_pixel_diffusion(
     generator,
     latents: torch.Tensor | None,
     eta: float,
+    timesteps: list[int] | None = None,
     guidance_fn,
     guidance_strength,
     callback_on_step_end: Callable | None,
@@ -120,8 +121,8 @@ def sample_pixel_diffusion(
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
-    # 2. The (possibly respaced) timesteps t_N > … > t_1.
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    # 2. The (possibly respaced, or the caller's own) timesteps t_N > … > t_1.
+    set_scheduler_timesteps(scheduler, num_inference_steps, timesteps, device)
     step_kwargs = extra_step_kwargs(scheduler, generator, eta)
     # 3. Predict (pushing x_t down ∇ loss first when loss-guided), then let the scheduler take x_t → x_{t-1}.
     for i, t in enumerate(pipe.progress_bar(scheduler.timesteps)):
@@ -131,6 +132,26 @@ def sample_pixel_diffusion(
         latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
         latents = run_step_callback(pipe, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})["latents"]
     return latents
+
+
+def set_scheduler_timesteps(scheduler, num_inference_steps: int, timesteps: list[int] | None, device=None) -> None:
+    """`scheduler.set_timesteps(num_inference_steps)`, or with the caller's `timesteps` (then the step count is
+    `len(timesteps)` and `num_inference_steps` is ignored, as in diffusers' `retrieve_timesteps`)."""
+    if timesteps is None:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return
+    if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+        raise ValueError(
+            f"timesteps: {type(scheduler).__name__}.set_timesteps does not take custom timesteps; use one of ours "
+            "(DPMSolver2MScheduler, DDIMEtaScheduler, DDPMAncestralScheduler) or pass num_inference_steps instead"
+        )
+    if isinstance(timesteps, torch.Tensor):
+        timesteps = timesteps.tolist()
+    if not isinstance(timesteps, (list, tuple)) or not all(
+        isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in timesteps
+    ):
+        raise TypeError(f"timesteps must be a list of ints, got {timesteps!r}")
+    scheduler.set_timesteps(timesteps=[int(t) for t in timesteps], device=device)
 
 
 def state_dtype(model_dtype: torch.dtype) -> torch.dtype:

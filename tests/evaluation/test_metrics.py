@@ -118,6 +118,8 @@ def test_fid_rejects_bad_arguments():
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method="svd")
     with pytest.raises(ValueError, match="shapes"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="sigma2 has NaN/inf entries"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.full((2, 2), np.nan))
 
 
 # ---- KID -------------------------------------------------------------------------------------------------------

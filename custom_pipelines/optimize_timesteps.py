@@ -1,0 +1,81 @@
+"""`python -m custom_pipelines.optimize_timesteps`: few-step timestep schedules fitted to a saved diffusion pipeline.
+
+Example (prints the schedules and writes them to JSON; sample with `pipe(timesteps=...)`,
+`python training/sample.py --timesteps ...` or `python -m custom_pipelines.evaluate --timesteps ...`):
+    python -m custom_pipelines.optimize_timesteps --pipeline runs/ddpm-digits --num_inference_steps 6 8 10 \
+        --output runs/ddpm-digits/optimized_timesteps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+
+import torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m custom_pipelines.optimize_timesteps", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--pipeline", required=True, help="pipeline folder or Hub repo id (load_pipeline)")
+    parser.add_argument("--num_inference_steps", type=int, nargs="+", required=True, help="step counts K")
+    parser.add_argument("--num_samples", type=int, default=256, help="teacher trajectories")
+    parser.add_argument("--grid_size", type=int, default=200, help="candidate timesteps (teacher steps)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=1, help="teacher noise seed (keep apart from evaluation seeds)")
+    parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
+    parser.add_argument("--class_labels", default=None, help="'all' (cycled 0..num_classes-1) or e.g. '3,5'")
+    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default=None, help="write {K: timesteps} and the settings to this JSON file")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from custom_pipelines.evaluation.cli import _class_labels
+    from custom_pipelines.hub.loader import load_pipeline
+    from custom_pipelines.pipelines.timestep_search import optimize_timesteps
+
+    pipe = load_pipeline(args.pipeline).to(args.device)
+    extra = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
+    schedules = optimize_timesteps(
+        pipe,
+        args.num_inference_steps,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        grid_size=args.grid_size,
+        seed=args.seed,
+        class_labels=_class_labels(args.class_labels, args.num_classes),
+        **extra,
+    )
+    result = {
+        "pipeline": args.pipeline,
+        "method": "GITS (Chen et al. 2024): DP over first-order jump errors on a DPM-Solver++(2M) teacher",
+        "num_samples": args.num_samples,
+        "grid_size": args.grid_size,
+        "seed": args.seed,
+        "timesteps": {str(k): v for k, v in schedules.items()},
+    }
+    for k, timesteps in schedules.items():
+        print(f"{k:3d} steps: {' '.join(map(str, timesteps))}")
+    if args.output is not None:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        os.replace(f.name, args.output)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
