@@ -127,3 +127,24 @@ def test_sample_images_cycles_labels_and_checks_arguments():
         next(sample_images(ReplayDigitsPipeline(), 0))
     with pytest.raises(ValueError, match=r"does not take \['guidance_scale'\]"):
         next(sample_images(ReplayDigitsPipeline(), 2, guidance_scale=2.0))
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_cli_scheduler_and_timesteps(tiny_ddpm_dir, tmp_path, digits_cache):
+    from custom_pipelines import UnconditionalDiffusionPipeline
+
+    ours = tmp_path / "ours"
+    stock = DDPMPipeline.from_pretrained(tiny_ddpm_dir)
+    UnconditionalDiffusionPipeline(unet=stock.unet, scheduler=stock.scheduler).save_pretrained(ours)
+    argv = ["--num_samples", "16", "--batch_size", "8", "--scheduler", "dpmsolver", "--timesteps", "9", "4", "1"]
+    metrics = main_metrics([*argv, "--pipeline", str(ours)], tmp_path)
+    assert metrics["scheduler"] == "DPMSolver2MScheduler" and metrics["timesteps"] == "9 4 1"
+    assert math.isfinite(metrics["fid"])
+    with pytest.raises(ValueError, match=r"does not take \['timesteps'\]"):  # diffusers' DDPMPipeline
+        main([*argv, "--pipeline", str(tiny_ddpm_dir)])
+
+
+def main_metrics(argv, tmp_path):
+    output = tmp_path / "metrics.json"
+    assert main([*argv, "--output", str(output)]) == 0
+    return json.loads(output.read_text())
