@@ -1,4 +1,5 @@
-# make demo  — bootstrap .venv, train a DDPM on built-in digits, reload it, write a sample grid + loss curve.
+# make demo  — bootstrap .venv, train a DDPM on built-in digits, reload it, write sample grids (50 steps, and 8
+#              steps on a schedule fitted to the model) + loss curve.
 # make test  — the full test suite (CI runs exactly this).
 PYTHON ?= python3
 VENV   := .venv
@@ -31,8 +32,13 @@ demo: $(STAMP)
 		--validation_steps 500 --num_validation_images 36 --mixed_precision bf16
 	$(BIN)/python -m training.sample --pipeline $(RUN) --num_images 64 --num_inference_steps 50 \
 		--output $(RUN)/samples.png
+	$(BIN)/python -m custom_pipelines.optimize_timesteps --pipeline $(RUN) --num_inference_steps 8 \
+		--num_samples 128 --output $(RUN)/optimized_timesteps.json
+	$(BIN)/python -m training.sample --pipeline $(RUN) --num_images 64 --scheduler dpmsolver \
+		--timesteps_file $(RUN)/optimized_timesteps.json --output $(RUN)/samples_8_steps.png
 	@echo "pipeline:    $(RUN)/ (model_index.json, unet/, scheduler/, README.md)"
-	@echo "samples:     $(RUN)/samples.png (64 digits from the reloaded pipeline)"
+	@echo "samples:     $(RUN)/samples.png (64 digits from the reloaded pipeline, 50 DDPM steps)"
+	@echo "             $(RUN)/samples_8_steps.png (8 DPM-Solver++ steps on the fitted schedule $(RUN)/optimized_timesteps.json)"
 	@echo "loss curve:  $(RUN)/loss_curve.png; validation grids: $(RUN)/samples/; TensorBoard: $(RUN)/logs/"
 
 # Class-conditional DDPM with classifier-free guidance; the grid has one row per digit class (w = 2).

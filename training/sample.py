@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 
 import torch
@@ -27,12 +28,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
     parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="swap in one of our samplers")
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="custom schedule (optimize_timesteps)")
+    parser.add_argument(
+        "--timesteps_file",
+        default=None,
+        help="JSON from `python -m custom_pipelines.optimize_timesteps`; the entry for --num_inference_steps",
+    )
     args = parser.parse_args(argv)
+    if args.timesteps_file is not None:
+        if args.timesteps is not None:
+            raise ValueError("pass --timesteps or --timesteps_file, not both")
+        args.timesteps = timesteps_from_file(args.timesteps_file, args.num_inference_steps)
     if args.num_images < 1:
         raise ValueError(f"--num_images must be a positive integer, got {args.num_images}")
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
     return args
+
+
+def timesteps_from_file(path: str, num_inference_steps: int | None) -> list[int]:
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f).get("timesteps", {})
+    if num_inference_steps is None and len(table) == 1:
+        return list(table.values())[0]
+    if str(num_inference_steps) not in table:
+        raise ValueError(
+            f"--timesteps_file {path} has schedules for num_inference_steps {sorted(table, key=int)}; "
+            f"pass one of them as --num_inference_steps (got {num_inference_steps})"
+        )
+    return table[str(num_inference_steps)]
 
 
 def main(args: argparse.Namespace) -> str:

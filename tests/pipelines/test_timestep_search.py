@@ -205,3 +205,11 @@ def test_cli_writes_json_and_sample_script_uses_it(tmp_path, tiny_pipe):
     sample_main(sample_args(["--pipeline", str(tmp_path / "pipe"), "--output", str(grid), "--num_images", "4",
                              "--scheduler", "dpmsolver", "--timesteps", *timesteps]))  # fmt: skip
     assert grid.is_file()
+    grid.unlink()
+    common = ["--pipeline", str(tmp_path / "pipe"), "--output", str(grid), "--num_images", "4"]
+    sample_main(
+        sample_args([*common, "--scheduler", "dpmsolver", "--timesteps_file", str(out), "--num_inference_steps", "2"])
+    )
+    assert grid.is_file()
+    with pytest.raises(ValueError, match=r"has schedules for num_inference_steps \['2', '3'\]"):
+        sample_args(["--pipeline", "x", "--output", "y", "--timesteps_file", str(out), "--num_inference_steps", "5"])
