@@ -23,6 +23,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 from custom_pipelines import DDIMEtaScheduler, DDPMAncestralScheduler, UnconditionalDiffusionPipeline
 from custom_pipelines.data import ImageTransform, load_image_dataset
 from custom_pipelines.hub.configs import load_component_config
+from custom_pipelines.models import set_attention_backend
 
 
 def digits_batch(batch_size: int, resolution: int) -> torch.Tensor:
@@ -102,21 +103,23 @@ def main(argv=None):
     stock_sched, our_sched = DDPMScheduler.from_config(sched_config), DDPMAncestralScheduler.from_config(sched_config)
 
     train_variants = {}
-    for name, step in {
-        "stock diffusers loop (fp32)": lambda u, o: stock_train_step(u, o, stock_sched, clean),
-        "ours fp32": lambda u, o: our_train_step(u, o, our_sched, clean, None),
-        "ours bf16 autocast (--mixed_precision bf16)": lambda u, o: our_train_step(
-            u, o, our_sched, clean, torch.bfloat16
-        ),
-    }.items():
+    bf16_step = lambda u, o: our_train_step(u, o, our_sched, clean, torch.bfloat16)  # noqa: E731
+    for name, step, attention in (
+        ("stock diffusers loop (fp32)", lambda u, o: stock_train_step(u, o, stock_sched, clean), "sdpa"),
+        ("ours fp32", lambda u, o: our_train_step(u, o, our_sched, clean, None), "math"),
+        ("ours bf16 autocast, SDPA attention (--attention_backend sdpa)", bf16_step, "sdpa"),
+        ("ours bf16 autocast, matmul attention (the CPU default)", bf16_step, "math"),
+    ):
         unet = copy.deepcopy(base).train()
+        set_attention_backend(unet, attention)
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=not name.startswith("stock") or None)
         train_variants[name] = lambda step=step, unet=unet, opt=opt: step(unet, opt)
     if args.compile:  # what `accelerate launch --dynamo_backend inductor ... --mixed_precision bf16` runs
         unet = copy.deepcopy(base).train()
+        set_attention_backend(unet, "math")
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=True)
         compiled = torch.compile(unet)
-        name = "ours bf16 autocast + torch.compile (--dynamo_backend inductor)"
+        name = "ours bf16 autocast, matmul attention + torch.compile (--dynamo_backend inductor)"
         train_variants[name] = lambda: our_train_step(compiled, opt, our_sched, clean, torch.bfloat16)
 
     def pipe_call(pipe, **kw):
@@ -128,6 +131,8 @@ def main(argv=None):
 
     eval_unet = copy.deepcopy(base).eval()
     bf16_unet = copy.deepcopy(base).eval().to(torch.bfloat16)
+    bf16_math_unet = copy.deepcopy(bf16_unet)
+    set_attention_backend(bf16_math_unet, "math")
     sample_variants = {
         "stock DDPMPipeline (fp32)": pipe_call(DDPMPipeline(unet=eval_unet, scheduler=stock_sched)),
         "stock DDIMPipeline (fp32)": pipe_call(
@@ -139,6 +144,11 @@ def main(argv=None):
         ),
         "ours, DDIMEta, UNet bf16": pipe_call(
             UnconditionalDiffusionPipeline(unet=bf16_unet, scheduler=DDIMEtaScheduler.from_config(sched_config))
+        ),
+        "ours, DDPMAncestral, UNet bf16, matmul attention": pipe_call(
+            UnconditionalDiffusionPipeline(
+                unet=bf16_math_unet, scheduler=DDPMAncestralScheduler.from_config(sched_config)
+            )
         ),
     }
 
