@@ -26,7 +26,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from custom_pipelines.models.attention import set_attention_backend
+from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import load_train_dataset, make_dataloader
@@ -143,8 +143,11 @@ class Trainer:
         }
         names_m, names_o = list(models), list(optimizers)
         # before prepare, so that a compiled model traces the chosen attention
-        backend = getattr(args, "attention_backend", "auto")
-        self.attention_backend = [set_attention_backend(m, backend, accelerator.device) for m in models.values()][0]
+        self.attention_backend = resolve_attention_backend(
+            getattr(args, "attention_backend", "auto"), accelerator.device
+        )
+        for model in models.values():
+            set_attention_backend(model, self.attention_backend)
         prepared = accelerator.prepare(*models.values(), *optimizers.values(), *lr_schedulers.values(), dataloader)
         self.models = dict(zip(names_m, prepared[: len(names_m)]))
         self.optimizers = dict(zip(names_o, prepared[len(names_m) : len(names_m) + len(names_o)]))
