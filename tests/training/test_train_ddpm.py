@@ -153,7 +153,7 @@ def launch_two_processes(args, tmp_path):
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "training" / "train_ddpm.py"), *args,
+        str(REPO / "training" / "train_ddpm.py"), *args, "--ddp_timeout", "120",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -177,6 +177,7 @@ def test_accelerate_launch_two_cpu_processes(configs, tmp_path, family):
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         str(REPO / "training" / "train_gan.py"),
         *tiny_args(configs, family, out, "--max_train_steps", "4", "--phase_steps", "1", "--n_critic", "2"),
+        "--ddp_timeout", "120",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -186,6 +187,8 @@ def test_accelerate_launch_two_cpu_processes(configs, tmp_path, family):
         ranks = summary["param_checksums"][name]
         assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept both ranks' weights identical
     assert [s for s, _ in list_checkpoints(out)] == [3]
+    rng_files = {f for f in os.listdir(out / "checkpoint-3") if f.startswith("random_states")}
+    assert rng_files == {"random_states_0.pkl", "random_states_1.pkl"}  # rank 1 wrote before rank 0 renamed
 
     # Resume the two-process run from its latest checkpoint (step 3) and go on to step 6.
     resume = [*cmd, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]  # the last flag wins

@@ -54,6 +54,9 @@ def add_common_args(
     opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
     opt.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION)
     opt.add_argument(
+        "--ddp_timeout", type=int, default=1800, help="seconds a multi-process collective may wait before failing"
+    )
+    opt.add_argument(
         "--attention_backend",
         default="auto",
         choices=ATTENTION_BACKENDS,

@@ -79,6 +79,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, s
         shutil.rmtree(tmp)  # debris of an interrupted save
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)  # every rank takes part (each saves its own RNG state)
+    # save_state ends without a barrier: let every rank finish writing into tmp before rank 0 renames it
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {**state, "global_step": step, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:

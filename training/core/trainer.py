@@ -11,6 +11,7 @@ grids, the loss curve, the model card and the Hub push.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -48,6 +49,10 @@ def create_accelerator(args) -> Accelerator:
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # a rank that never reaches a collective fails the run after this long instead of hanging it
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=getattr(args, "ddp_timeout", 1800)))
+        ],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise; DDP syncs the initial weights
