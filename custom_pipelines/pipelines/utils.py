@@ -145,7 +145,7 @@ def set_scheduler_timesteps(scheduler, num_inference_steps: int, timesteps: list
             f"timesteps: {type(scheduler).__name__}.set_timesteps does not take custom timesteps; use one of ours "
             "(DPMSolver2MScheduler, DDIMEtaScheduler, DDPMAncestralScheduler) or pass num_inference_steps instead"
         )
-    if isinstance(timesteps, torch.Tensor):
+    if isinstance(timesteps, (torch.Tensor, np.ndarray)):  # e.g. scheduler.timesteps, or a saved array
         timesteps = timesteps.tolist()
     if not isinstance(timesteps, (list, tuple)) or not all(
         isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in timesteps

@@ -165,6 +165,8 @@ def test_pipeline_timesteps_argument(tiny_pipe):
     same = run(timesteps=tiny_pipe.scheduler.timesteps.tolist(), num_inference_steps=50).images  # steps ignored
     assert np.array_equal(default, same)
     other = run(timesteps=[99, 50, 2]).images
+    assert np.array_equal(other, run(timesteps=np.array([99, 50, 2])).images)
+    assert np.array_equal(other, run(timesteps=torch.tensor([99, 50, 2])).images)
     assert not np.allclose(default, other)
     with pytest.raises(ValueError, match="strictly descending"):
         run(timesteps=[10, 500])
