@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -397,6 +398,13 @@ class Trainer:
             if args.push_to_hub:
                 push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
         acc.wait_for_everyone()
+        if acc.num_processes > 1:
+            # gloo's worker thread frees a finished collective (a Python-owned tensor, so it needs the GIL) just
+            # after wait() returns. If the interpreter tears DDP down before that, ~ProcessGroupGloo joins the
+            # thread while holding the GIL and the process never exits (seen in CI, py-spy: Reducer dealloc →
+            # ProcessGroupGloo::~ProcessGroupGloo → thread::join; worker: ~AsyncBarrierWork → gil_scoped_acquire).
+            # Releasing the GIL for a moment lets the worker finish first.
+            time.sleep(1.0)
         acc.end_training()
 
 
