@@ -9,12 +9,11 @@ Example (prints the schedules and writes them to JSON; sample with `pipe(timeste
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import tempfile
 
 import torch
+
+from custom_pipelines.io import write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,11 +62,7 @@ def run(args: argparse.Namespace) -> dict:
     for k, timesteps in schedules.items():
         print(f"{k:3d} steps: {' '.join(map(str, timesteps))}")
     if args.output is not None:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        os.replace(f.name, args.output)
+        write_json(args.output, result)
     return result
 
 

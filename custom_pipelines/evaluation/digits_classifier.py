@@ -27,6 +27,7 @@ from custom_pipelines.evaluation.features import (
     resize,
     to_grayscale,
 )
+from custom_pipelines.io import make_dir_public
 
 CACHE_ENV_VAR = "CUSTOM_PIPELINES_CACHE"
 # Bump when the architecture or training recipe changes, so stale cached classifiers are retrained.
@@ -172,6 +173,7 @@ def _save_atomically(model: DigitsClassifier, report: dict, cache_dir: str) -> N
     parent = os.path.dirname(os.path.abspath(cache_dir))
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".tmp_digits_classifier_", dir=parent)
+    make_dir_public(tmp_dir)
     model.save_pretrained(tmp_dir, safe_serialization=True)
     with open(os.path.join(tmp_dir, "training_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)

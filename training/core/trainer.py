@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -316,7 +316,7 @@ class Trainer:
             folder = os.path.join(self.args.output_dir, "samples")
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, filename or f"step_{self.global_step:06d}.png")
-            grid.save(path)
+            save_image(grid, path)
             if self.args.report_to == "tensorboard":
                 import numpy as np
 
@@ -384,8 +384,7 @@ class Trainer:
                 "attention_backend": self.attention_backend,
                 "param_checksums": checksums,
             }
-            with open(os.path.join(args.output_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
+            write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
             curve = plot_loss_curve(args.output_dir)
             write_model_card(
                 args.output_dir,
