@@ -11,6 +11,7 @@ from .gan import (
 )
 from .hub.loader import load_pipeline
 from .models import ClassConcatUNet2DModel
+from .pipelines.fast_sampling import enable_fast_sampling
 from .pipelines.guidance import classifier_guidance_loss, digits_classifier_guidance, mean_color_loss
 from .pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
 from .pipelines.pipeline_gan import GANPipeline
@@ -41,6 +42,7 @@ __all__ = [
     "StyleGANGenerator",
     "StyleGANPipeline",
     "UnconditionalDiffusionPipeline",
+    "enable_fast_sampling",
     "evaluate_pipeline",
     "load_pipeline",
     "make_beta_schedule",

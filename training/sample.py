@@ -13,7 +13,9 @@ import sys
 import torch
 
 from custom_pipelines.hub.loader import load_pipeline
+from custom_pipelines.io import save_image
 from custom_pipelines.models.class_conditioning import num_classes_of
+from custom_pipelines.pipelines.fast_sampling import add_fast_sampling_args, apply_fast_sampling_args
 from custom_pipelines.schedulers import SCHEDULER_NAMES, scheduler_from_name
 from training.core.reporting import image_grid
 
@@ -28,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
     parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="swap in one of our samplers")
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="custom schedule (optimize_timesteps)")
+    add_fast_sampling_args(parser)
     parser.add_argument(
         "--timesteps_file",
         default=None,
@@ -62,6 +65,7 @@ def main(args: argparse.Namespace) -> str:
     pipe = load_pipeline(args.pipeline)
     if args.scheduler is not None:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
+    apply_fast_sampling_args(pipe, args)
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {"generator": torch.Generator().manual_seed(args.seed), "output_type": "pt"}
     nrow = None
@@ -82,7 +86,7 @@ def main(args: argparse.Namespace) -> str:
             raise ValueError(f"--timesteps: {type(pipe).__name__} takes no timesteps")
         kwargs["timesteps"] = args.timesteps
     images = pipe(**kwargs).images
-    image_grid(images, nrow=nrow).save(args.output)
+    save_image(image_grid(images, nrow=nrow), args.output)
     print(f"{type(pipe).__name__} from {args.pipeline}: {len(images)} samples -> {args.output}")
     return args.output
 

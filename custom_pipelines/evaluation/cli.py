@@ -8,13 +8,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 
 import torch
 
 from custom_pipelines.evaluation.evaluator import build_feature_extractor, evaluate_pipeline
+from custom_pipelines.io import write_json
+from custom_pipelines.pipelines.fast_sampling import add_fast_sampling_args, apply_fast_sampling_args
 from custom_pipelines.schedulers import SCHEDULER_NAMES, scheduler_from_name
 
 
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timesteps", type=int, nargs="+", default=None, help="custom schedule (see optimize_timesteps)"
     )
     parser.add_argument("--guidance_scale", type=float, default=None, help="for guided pipelines")
+    add_fast_sampling_args(parser)
     parser.add_argument("--class_labels", default=None, help="'all' (balanced), 'none' or e.g. '3,5'")
     parser.add_argument("--num_classes", type=int, default=10, help="classes cycled by --class_labels all")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     pipe = load_pipeline(args.pipeline).to(args.device)
     if args.scheduler is not None:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
+    apply_fast_sampling_args(pipe, args)
     pipe.set_progress_bar_config(disable=True)
     extractor = args.feature_extractor
     if extractor == "inception":
@@ -97,13 +99,12 @@ def run(args: argparse.Namespace) -> dict:
     )
     metrics = {**metrics, "pipeline": args.pipeline, "num_inference_steps": args.num_inference_steps}
     metrics["scheduler"] = type(pipe.scheduler).__name__
+    metrics["torch_dtype"], metrics["compile"] = args.torch_dtype, args.compile
     if args.timesteps is not None:
         metrics["timesteps"] = " ".join(map(str, args.timesteps))
     print(format_table(metrics))
     if args.output is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
+        write_json(args.output, metrics)
     return metrics
 
 

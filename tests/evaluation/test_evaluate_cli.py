@@ -144,6 +144,21 @@ def test_cli_scheduler_and_timesteps(tiny_ddpm_dir, tmp_path, digits_cache):
         main([*argv, "--pipeline", str(tiny_ddpm_dir)])
 
 
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_cli_bf16_matches_fp32(tiny_ddpm_dir, tmp_path, digits_cache):
+    """--torch_dtype bf16 (scheduler state fp32) gives the fp32 run's metrics to bf16 accuracy, and records it."""
+    from custom_pipelines import UnconditionalDiffusionPipeline
+
+    ours = tmp_path / "ours"
+    stock = DDPMPipeline.from_pretrained(tiny_ddpm_dir)
+    UnconditionalDiffusionPipeline(unet=stock.unet, scheduler=stock.scheduler).save_pretrained(ours)
+    argv = ["--pipeline", str(ours), "--num_samples", "16", "--batch_size", "8", "--num_inference_steps", "3"]
+    fp32 = main_metrics(argv, tmp_path)
+    bf16 = main_metrics([*argv, "--torch_dtype", "bf16"], tmp_path)
+    assert (fp32["torch_dtype"], bf16["torch_dtype"], bf16["compile"]) == ("fp32", "bf16", False)
+    assert bf16["fid"] == pytest.approx(fp32["fid"], rel=0.05) and bf16["fid"] != fp32["fid"]
+
+
 def main_metrics(argv, tmp_path):
     output = tmp_path / "metrics.json"
     assert main([*argv, "--output", str(output)]) == 0

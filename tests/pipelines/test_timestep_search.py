@@ -1,5 +1,6 @@
 import itertools
 import json
+import stat
 
 import numpy as np
 import pytest
@@ -204,8 +205,9 @@ def test_cli_writes_json_and_sample_script_uses_it(tmp_path, tiny_pipe):
     timesteps = [str(t) for t in saved["timesteps"]["3"]]
     grid = tmp_path / "grid.png"
     sample_main(sample_args(["--pipeline", str(tmp_path / "pipe"), "--output", str(grid), "--num_images", "4",
-                             "--scheduler", "dpmsolver", "--timesteps", *timesteps]))  # fmt: skip
-    assert grid.is_file()
+                             "--scheduler", "dpmsolver", "--timesteps", *timesteps,
+                             "--torch_dtype", "bf16"]))  # fmt: skip
+    assert grid.is_file() and stat.S_IMODE(grid.stat().st_mode) != 0o600
     grid.unlink()
     common = ["--pipeline", str(tmp_path / "pipe"), "--output", str(grid), "--num_images", "4"]
     sample_main(
