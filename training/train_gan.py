@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DynamoBackend
 
 from custom_pipelines.gan.dcgan import DCGANCritic, DCGANGenerator
 from custom_pipelines.gan.losses import gan_losses
@@ -180,6 +180,13 @@ def make_optimizer(model: torch.nn.Module, args: argparse.Namespace, lr: float) 
 def main(args: argparse.Namespace) -> str:
     family = args.family
     accelerator = create_accelerator(args)
+    penalty = {"ns_r1": args.r1_gamma, "wgan_gp": args.gp_lambda}.get(args.loss, 0.0)
+    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO and penalty > 0:
+        raise ValueError(
+            f"--loss {args.loss} takes the gradient of a gradient (its penalty), which torch.compile cannot "
+            "differentiate (aot_autograd has no double backward): launch with --dynamo_backend no, or use "
+            "--loss wgan"
+        )
     if family.name == "progan":  # the layers of the other resolutions get no gradient
         accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     generator, discriminator = build_models(args)

@@ -62,6 +62,13 @@ def add_common_args(
         choices=ATTENTION_BACKENDS,
         help="attention layers: 'auto' = plain matmuls on CPU (faster backward at small sizes), SDPA on GPU",
     )
+    opt.add_argument(
+        "--compile_check",
+        default="on",
+        choices=["on", "off"],
+        help="with accelerate's --dynamo_backend: compare the compiled model's first gradients with eager mode and "
+        "stop on a mismatch (single process)",
+    )
     opt.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune from a pipeline dir or Hub id")
 
     ema = parser.add_argument_group("EMA (diffusers' EMAModel with warm-up)")

@@ -31,6 +31,7 @@ from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .compile_check import install_compile_check, is_compiled
 from .data import load_train_dataset, make_dataloader
 from .reporting import append_metrics, image_grid, plot_loss_curve, push_folder_to_hub, write_model_card
 
@@ -159,6 +160,12 @@ class Trainer:
         self.optimizers = dict(zip(names_o, prepared[len(names_m) : len(names_m) + len(names_o)]))
         self.lr_schedulers = dict(zip(names_o, prepared[len(names_m) + len(names_o) : -1]))
         self.dataloader = prepared[-1]
+        if getattr(args, "compile_check", "on") == "on":
+            for name, model in self.models.items():
+                if accelerator.num_processes == 1:
+                    install_compile_check(model, name, low_precision=accelerator.mixed_precision != "no")
+                elif is_compiled(model):
+                    logger.warning(f"--compile_check skipped for {name!r}: it runs in single-process training only")
         self.updates_per_epoch = max(1, math.ceil(len(self.dataloader) / args.gradient_accumulation_steps))
         self.emas = {
             name: EMAModel(

@@ -1,0 +1,139 @@
+"""The compile check: a compiled model's first gradients must match eager mode's, or training stops with a clear
+error. Compiles tiny modules (a few seconds each), so the compiling tests are marked slow."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training import train_ddpm
+from training.core import compile_check
+from training.core.compile_check import CompiledGradientMismatch, check_compiled_gradients, install_compile_check
+
+
+class ConvNet(torch.nn.Module):
+    """conv → GroupNorm → SiLU → conv, + residual, nearest ×2 → conv; BatchNorm for a buffer the forward updates.
+    `detach_when_compiled` cuts the graph only inside torch.compile: a stand-in for a miscompiled backward."""
+
+    def __init__(self, detach_when_compiled: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2, self.conv3 = (torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(3))
+        self.norm, self.bn = torch.nn.GroupNorm(2, 8), torch.nn.BatchNorm2d(8)
+        self.detach_when_compiled = detach_when_compiled
+
+    def forward(self, x, scale: float = 1.0):
+        h = self.conv2(F.silu(self.norm(self.conv1(x)))) + x
+        if self.detach_when_compiled and torch.compiler.is_compiling():
+            h = h.detach()
+        h = F.interpolate(self.bn(h), scale_factor=2.0, mode="nearest")
+        return {"sample": self.conv3(h) * scale}
+
+
+def inputs():
+    return (torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(1)),), {"scale": 2.0}
+
+
+@pytest.mark.slow
+def test_correct_compilation_passes_and_leaves_no_trace():
+    model = ConvNet().train()
+    compiled = torch.compile(model)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)  # gradients a caller has accumulated so far
+    running_mean = model.bn.running_mean.clone()
+    rng = torch.get_rng_state()
+    args, kwargs = inputs()
+    error = check_compiled_gradients(compiled, args, kwargs, name="net")
+    assert error < 1e-4
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    assert torch.equal(model.bn.running_mean, running_mean)
+    assert torch.equal(torch.get_rng_state(), rng)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: within the autocast tolerance
+        assert check_compiled_gradients(compiled, args, kwargs, name="net") < 2e-2
+
+
+@pytest.mark.slow
+def test_wrong_gradients_raise_with_the_parameters_named():
+    compiled = torch.compile(ConvNet(detach_when_compiled=True).train())
+    args, kwargs = inputs()
+    with pytest.raises(
+        CompiledGradientMismatch, match=r"wrong gradients for 'net'.*conv[12]\.(weight|bias).*0 vs"
+    ) as err:
+        check_compiled_gradients(compiled, args, kwargs, name="net")
+    assert isinstance(err.value, ValueError)  # the scripts print ValueErrors without a traceback
+    assert "--dynamo_backend no" in str(err.value) and "--compile_check off" in str(err.value)
+
+
+def test_hook_runs_once_on_the_first_call_with_gradients(monkeypatch):
+    calls = []
+    monkeypatch.setattr(compile_check, "check_compiled_gradients", lambda *a, **k: calls.append(k["name"]))
+    model = ConvNet()
+    assert not install_compile_check(model, "plain")  # not compiled: nothing to check
+    compiled = torch.compile(model, backend="eager")  # dynamo only: fast
+    assert install_compile_check(compiled, "net")
+    args, kwargs = inputs()
+    with torch.no_grad():
+        compiled(*args, **kwargs)  # sampling: no gradients to compare
+    assert calls == []
+    compiled(*args, **kwargs)
+    compiled(*args, **kwargs)
+    assert calls == ["net"]
+
+
+def test_trainer_runs_the_check_and_stops_on_a_mismatch(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_check(module, args, kwargs, name, low_precision):
+        seen.append((name, low_precision, type(module).__name__))
+        raise CompiledGradientMismatch("torch.compile gives wrong gradients for 'unet'")
+
+    monkeypatch.setattr(compile_check, "check_compiled_gradients", fake_check)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    from tests.training.test_train_ddpm import tiny_args
+
+    args = train_ddpm.parse_args([*tiny_args(tmp_path / "run"), "--mixed_precision", "bf16", "--report_to", "none"])
+    with pytest.raises(ValueError, match="wrong gradients for 'unet'"):
+        train_ddpm.main(args)
+    assert seen == [("unet", True, "OptimizedModule")]
+    extra = ["--compile_check", "off", "--max_train_steps", "1", "--mixed_precision", "bf16", "--report_to", "none"]
+    off = train_ddpm.parse_args([*tiny_args(tmp_path / "off"), *extra])
+    train_ddpm.main(off)  # the check is not installed: training runs
+    assert len(seen) == 1
+
+
+@pytest.mark.slow
+def test_pytorch_upblock_pattern_verdict_matches_a_direct_comparison():
+    """The miscompiled pattern from diffusers' UpBlock2D at batch 64 (PyTorch 2.13 CPU inductor zeroes its input
+    gradient). Whatever the installed PyTorch does, the check must agree with a direct eager/compiled comparison."""
+    from diffusers.models.unets.unet_2d_blocks import UpBlock2D
+
+    torch.manual_seed(0)
+    block = UpBlock2D(
+        in_channels=16, prev_output_channel=16, out_channels=16, temb_channels=32, num_layers=2, resnet_groups=4
+    ).train()
+    args = (torch.randn(64, 16, 4, 4), (torch.randn(64, 16, 4, 4), torch.randn(64, 16, 4, 4)), torch.randn(64, 32))
+    compiled = torch.compile(block)
+
+    def grads(module):
+        block.zero_grad(set_to_none=True)
+        module(*args).backward(torch.ones(64, 16, 8, 8))
+        return torch.cat([p.grad.flatten() for p in block.parameters()])
+
+    eager_grads, compiled_grads = grads(block), grads(compiled)
+    block.zero_grad(set_to_none=True)
+    direct = ((compiled_grads - eager_grads).norm() / eager_grads.norm()).item()
+    if direct > 1e-3:
+        with pytest.raises(CompiledGradientMismatch):
+            check_compiled_gradients(compiled, args, {}, name="up_block")
+    else:
+        assert check_compiled_gradients(compiled, args, {}, name="up_block") < 1e-3
+
+
+@pytest.mark.parametrize("loss", ["wgan_gp", "ns_r1"])
+def test_gan_penalties_refuse_compile_with_a_clear_error(tmp_path, monkeypatch, loss):
+    from training import train_gan
+
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    argv = ["--model_config", "dcgan-digits-32", "--dataset_name", "digits", "--output_dir", str(tmp_path),
+            "--loss", loss, "--report_to", "none", "--max_train_steps", "1"]  # fmt: skip
+    with pytest.raises(ValueError, match=f"--loss {loss} takes the gradient of a gradient"):
+        train_gan.main(train_gan.parse_args(argv))
