@@ -124,7 +124,7 @@ def main(argv=None):
         set_attention_backend(unet, "math")
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=True)
         compiled = torch.compile(unet)
-        name = "ours bf16 autocast, matmul attention + torch.compile (--dynamo_backend inductor)"
+        name = "ours bf16 autocast, matmul attention + torch.compile (miscompiled backward on CPU, speed only)"
         train_variants[name] = lambda: our_train_step(compiled, opt, our_sched, clean, torch.bfloat16)
 
     def pipe_call(pipe, **kw):

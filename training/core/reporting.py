@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from custom_pipelines.io import atomic_path
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -76,7 +78,8 @@ def plot_loss_curve(output_dir: str, filename: str = "loss_curve.png") -> str | 
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(output_dir, filename)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=os.path.splitext(filename)[1]) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -122,7 +125,8 @@ validation step: `samples/`; TensorBoard logs: `logs/`.
 {flags}
 """
     path = os.path.join(output_dir, "README.md")
-    ModelCard(content).save(path)
+    with atomic_path(path, suffix=".md") as tmp:
+        ModelCard(content).save(tmp)
     return path
 
 
