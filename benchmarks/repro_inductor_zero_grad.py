@@ -1,6 +1,7 @@
 """Standalone reproducer of the PyTorch CPU inductor bug that breaks compiled UNet training here (for an upstream
 report): the gradient through conv → GroupNorm → conv, + residual, ÷ 1.0 (ResnetBlock2D's output_scale_factor),
-nearest ×2 → conv comes out as zero. Without the ÷ 1.0 it is compiled correctly.
+nearest ×2 → conv comes out as zero. Without the ÷ 1.0 it is compiled correctly, and so it is with
+`torch._inductor.config.max_fusion_size = 1`: a fusion bug.
 
     python benchmarks/repro_inductor_zero_grad.py
     # torch 2.13.0+cpu: |grad| eager 823.7, compiled 0.0, relative error 1.00e+00 -> BUG
