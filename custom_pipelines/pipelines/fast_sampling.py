@@ -14,8 +14,8 @@ What it changes and why (measured in `benchmarks/RESULTS.md`, digits UNet, batch
   (see `custom_pipelines.models.attention`).
 - `compile`: `module.compile()` in place (module class, `config` and `state_dict` keys stay the same, so
   `save_pretrained` still writes the plain weights). The first call pays the compilation (15–40 s on CPU for the
-  digits UNet); afterwards bf16 + compile runs at 0.42–0.51× (three runs) the stock fp32 pipeline's time per
-  evaluation. Worth it for evaluation runs and services, not for one grid.
+  digits UNet); afterwards bf16 + compile runs at 0.42–0.51× (four runs, median ≈ 0.45) the stock fp32
+  pipeline's time per evaluation. Worth it for evaluation runs and services, not for one grid.
 - `channels_last`: NHWC weights. Helps tensor-core convolutions on GPU; on CPU eager it is a loss (PyTorch's CPU
   GroupNorm is ≈ 6× slower in that layout), so it is off by default.
 """
