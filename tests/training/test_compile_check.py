@@ -121,11 +121,11 @@ def test_pytorch_upblock_pattern_verdict_matches_a_direct_comparison():
     eager_grads, compiled_grads = grads(block), grads(compiled)
     block.zero_grad(set_to_none=True)
     direct = ((compiled_grads - eager_grads).norm() / eager_grads.norm()).item()
-    if direct > 1e-3:
+    if direct > 1e-2:  # the default fp32 tolerance
         with pytest.raises(CompiledGradientMismatch):
             check_compiled_gradients(compiled, args, {}, name="up_block")
     else:
-        assert check_compiled_gradients(compiled, args, {}, name="up_block") < 1e-3
+        assert check_compiled_gradients(compiled, args, {}, name="up_block") < 1e-2
 
 
 @pytest.mark.parametrize("loss", ["wgan_gp", "ns_r1"])

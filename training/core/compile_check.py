@@ -93,14 +93,15 @@ def check_compiled_gradients(
     Returns the overall relative error ‖g_compiled − g_eager‖ / ‖g_eager‖. Raises `CompiledGradientMismatch` if it
     exceeds `rtol`, or if a parameter tensor whose eager gradient is not negligible (> 1e-3 of the total norm)
     gets a gradient norm 10× smaller (e.g. zero) or larger. Default `rtol`: 2e-2 under autocast or with
-    `low_precision` (accelerate's mixed precision wraps the forward itself, so a caller cannot see it), else 1e-3.
+    `low_precision` (accelerate's mixed precision wraps the forward itself, so a caller cannot see it), else 1e-2
+    (fp32 compiled and eager agree to ~1e-6 on CPU; TF32 matmuls on a GPU can differ by ~1e-3).
     Gradients, buffers and the RNG state are restored afterwards.
     """
     eager = compiled._orig_mod
     if isinstance(eager, torch.nn.parallel.DistributedDataParallel):
         eager = eager.module
     autocast = torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda"))
-    rtol = rtol if rtol is not None else (2e-2 if autocast or low_precision else 1e-3)
+    rtol = rtol if rtol is not None else (2e-2 if autocast or low_precision else 1e-2)
     named = [(n, p) for n, p in eager.named_parameters() if p.requires_grad]
     saved_grads = [p.grad for _, p in named]
     buffers = {n: b.detach().clone() for n, b in eager.named_buffers()}
