@@ -90,3 +90,21 @@ def test_bad_arguments_raise(kwargs, error, message):
     with pytest.raises(error, match=message):
         enable_fast_sampling(pipe, **kwargs)
     assert pipe.unet.dtype == torch.float32  # nothing changed before the check failed
+
+
+@pytest.mark.parametrize("method", ["embedding", "concat"])
+def test_class_conditional_guided_pipeline_in_bf16(method):
+    from tests.pipelines.test_pipeline_class_conditional import make_pipe as make_cfg_pipe
+
+    def guided(pipe):
+        return pipe(
+            class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=3, output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        ).images  # fmt: skip
+
+    reference = guided(make_cfg_pipe(method))
+    pipe = enable_fast_sampling(make_cfg_pipe(method), torch_dtype="bf16")
+    assert pipe.unet.dtype == torch.bfloat16
+    images = guided(pipe)
+    assert images.dtype == torch.float32 and images.shape == reference.shape
+    assert (images - reference).abs().mean() < 0.01 and (images - reference).abs().max() < 0.1
