@@ -82,13 +82,24 @@ def enable_fast_sampling(
         raise ValueError(f"{type(pipe).__name__} has no torch.nn.Module component to speed up")
     for module in modules:
         if dtype is not None:
-            module.to(dtype=dtype)
+            _cast(module, dtype)
         set_attention_backend(module, attention_backend)
         if channels_last:
             module.to(memory_format=torch.channels_last)
         if compile:
             module.compile(mode=compile_mode)
     return pipe
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast like `from_pretrained(torch_dtype=...)`: submodules a diffusers model lists in `_keep_in_fp32_modules`
+    stay float32. (`ModelMixin.to(dtype)` itself warns on every call, even when that list is empty.)"""
+    torch.nn.Module.to(module, dtype=dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    if keep and dtype != torch.float32:
+        for name, submodule in module.named_modules():
+            if any(k in name.split(".") for k in keep):
+                torch.nn.Module.to(submodule, dtype=torch.float32)
 
 
 def add_fast_sampling_args(parser) -> None:

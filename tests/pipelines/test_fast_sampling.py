@@ -108,3 +108,37 @@ def test_class_conditional_guided_pipeline_in_bf16(method):
     images = guided(pipe)
     assert images.dtype == torch.float32 and images.shape == reference.shape
     assert (images - reference).abs().mean() < 0.01 and (images - reference).abs().max() < 0.1
+
+
+def test_keep_in_fp32_modules_stay_fp32_and_no_spurious_warning():
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler, logger = Collect(), logging.getLogger("diffusers")
+    pipe = make_pipe()
+    original = type(pipe.unet)._keep_in_fp32_modules
+    type(pipe.unet)._keep_in_fp32_modules = ["time_embedding"]
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_warning()
+    logger.addHandler(handler)
+    try:
+        tiny_unet().to(torch.bfloat16)  # ModelMixin.to: diffusers warns on every dtype cast
+        assert any("should be kept in float32" in m for m in handler.messages)
+        handler.messages.clear()
+        enable_fast_sampling(pipe, torch_dtype="bf16")
+        assert not any("should be kept in float32" in m for m in handler.messages)
+    finally:
+        logger.removeHandler(handler)
+        type(pipe.unet)._keep_in_fp32_modules = original
+        diffusers_logging.set_verbosity(verbosity)
+    assert pipe.unet.time_embedding.linear_1.weight.dtype == torch.float32
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16
