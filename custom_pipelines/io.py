@@ -9,10 +9,23 @@ import os
 import tempfile
 
 
-def _default_mode(is_dir: bool) -> int:
-    umask = os.umask(0)
+def _current_umask() -> int:
+    """The process umask. Read from /proc on Linux: the os.umask(0)/os.umask(old) swap would briefly give other
+    threads (TensorBoard's writer, for one) a umask of 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    return (0o777 if is_dir else 0o666) & ~umask
+    return umask
+
+
+def _default_mode(is_dir: bool) -> int:
+    return (0o777 if is_dir else 0o666) & ~_current_umask()
 
 
 @contextlib.contextmanager

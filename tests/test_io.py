@@ -19,9 +19,16 @@ def test_write_json_replaces_with_umask_permissions(tmp_path):
         os.umask(old)
     assert json.loads(path.read_text()) == {"fid": 0.5}
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "private.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o640  # the umask as it is now
     write_json(path, {"fid": 0.25})
     assert json.loads(path.read_text()) == {"fid": 0.25}
     assert os.listdir(path.parent) == ["metrics.json"]
+    assert sorted(os.listdir(tmp_path)) == ["private.json", "sub"]
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

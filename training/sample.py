@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 
 import torch
@@ -49,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def timesteps_from_file(path: str, num_inference_steps: int | None) -> list[int]:
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"--timesteps_file {path} does not exist (write it with python -m custom_pipelines.optimize_timesteps)"
+        )
     with open(path, encoding="utf-8") as f:
         table = json.load(f).get("timesteps", {})
     if num_inference_steps is None and len(table) == 1:

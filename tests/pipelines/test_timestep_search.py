@@ -214,5 +214,7 @@ def test_cli_writes_json_and_sample_script_uses_it(tmp_path, tiny_pipe):
         sample_args([*common, "--scheduler", "dpmsolver", "--timesteps_file", str(out), "--num_inference_steps", "2"])
     )
     assert grid.is_file()
+    with pytest.raises(ValueError, match="does not exist"):
+        sample_args(["--pipeline", "x", "--output", "y", "--timesteps_file", str(tmp_path / "missing.json")])
     with pytest.raises(ValueError, match=r"has schedules for num_inference_steps \['2', '3'\]"):
         sample_args(["--pipeline", "x", "--output", "y", "--timesteps_file", str(out), "--num_inference_steps", "5"])
