@@ -79,7 +79,69 @@ def test_hook_runs_once_on_the_first_call_with_gradients(monkeypatch):
     assert calls == ["net"]
 
 
-def test_trainer_runs_the_check_and_stops_on_a_mismatch(tmp_path, monkeypatch):
+@pytest.fixture
+def fusion_limit(monkeypatch):
+    """Inductor's fusion limit at its default for the test, put back afterwards; torch._dynamo.reset recorded."""
+    from torch._inductor import config
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
+    with config.patch(max_fusion_size=64):  # (monkeypatch cannot undo on inductor's config module)
+        yield config, resets
+
+
+def fake_checks(monkeypatch, results):
+    """check_compiled_gradients stand-in returning/raising `results` in turn; returns the list of calls."""
+    calls = []
+
+    def check(module, args, kwargs, name, low_precision):
+        calls.append(name)
+        result = results[len(calls) - 1]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    monkeypatch.setattr(compile_check, "check_compiled_gradients", check)
+    return calls
+
+
+def test_mismatch_on_cpu_recompiles_with_limited_fusion_and_checks_again(monkeypatch, fusion_limit, caplog):
+    config, resets = fusion_limit
+    mismatch = CompiledGradientMismatch("long message with advice", summary="wrong gradients for 'net'")
+    calls = fake_checks(monkeypatch, [mismatch, 1e-3])
+    compiled = torch.compile(ConvNet(), backend="eager")
+    install_compile_check(compiled, "net")
+    args, kwargs = inputs()
+    with caplog.at_level("WARNING", logger=compile_check.__name__):
+        out = compiled(*args, **kwargs)
+    assert out["sample"].shape == (4, 8, 8, 8)
+    assert calls == ["net", "net"] and config.max_fusion_size == 1 and resets == [True]
+    assert "wrong gradients for 'net'. Recompiling every model with inductor's max_fusion_size=1" in caplog.text
+    assert "advice" not in caplog.text
+
+
+def test_mismatch_after_the_fallback_raises_and_says_so(monkeypatch, fusion_limit):
+    config, _ = fusion_limit
+    calls = fake_checks(monkeypatch, [CompiledGradientMismatch("first"), CompiledGradientMismatch("second")])
+    compiled = torch.compile(ConvNet(), backend="eager")
+    install_compile_check(compiled, "net")
+    with pytest.raises(CompiledGradientMismatch, match=r"^second Recompiling with max_fusion_size=1 did not help"):
+        compiled(*inputs()[0], **inputs()[1])
+    assert len(calls) == 2 and config.max_fusion_size == 1
+
+
+def test_no_fallback_when_fusion_is_already_limited(monkeypatch, fusion_limit):
+    config, resets = fusion_limit
+    config.max_fusion_size = 1
+    calls = fake_checks(monkeypatch, [CompiledGradientMismatch("first")])
+    compiled = torch.compile(ConvNet(), backend="eager")
+    install_compile_check(compiled, "net")
+    with pytest.raises(CompiledGradientMismatch, match="^first$"):
+        compiled(*inputs()[0], **inputs()[1])
+    assert calls == ["net"] and resets == []
+
+
+def test_trainer_runs_the_check_and_stops_on_a_mismatch(tmp_path, monkeypatch, fusion_limit):
     seen = []
 
     def fake_check(module, args, kwargs, name, low_precision):
@@ -91,13 +153,13 @@ def test_trainer_runs_the_check_and_stops_on_a_mismatch(tmp_path, monkeypatch):
     from tests.training.test_train_ddpm import tiny_args
 
     args = train_ddpm.parse_args([*tiny_args(tmp_path / "run"), "--mixed_precision", "bf16", "--report_to", "none"])
-    with pytest.raises(ValueError, match="wrong gradients for 'unet'"):
+    with pytest.raises(ValueError, match="wrong gradients for 'unet'.*max_fusion_size=1 did not help"):
         train_ddpm.main(args)
-    assert seen == [("unet", True, "OptimizedModule")]
+    assert seen == [("unet", True, "OptimizedModule")] * 2  # the check, and again after the CPU fallback
     extra = ["--compile_check", "off", "--max_train_steps", "1", "--mixed_precision", "bf16", "--report_to", "none"]
     off = train_ddpm.parse_args([*tiny_args(tmp_path / "off"), *extra])
     train_ddpm.main(off)  # the check is not installed: training runs
-    assert len(seen) == 1
+    assert len(seen) == 2
 
 
 @pytest.mark.slow
@@ -137,3 +199,29 @@ def test_gan_penalties_refuse_compile_with_a_clear_error(tmp_path, monkeypatch, 
             "--loss", loss, "--report_to", "none", "--max_train_steps", "1"]  # fmt: skip
     with pytest.raises(ValueError, match=f"--loss {loss} takes the gradient of a gradient"):
         train_gan.main(train_gan.parse_args(argv))
+
+
+@pytest.mark.slow
+def test_upblock_pattern_trains_with_correct_gradients_after_the_hook():
+    """End to end on the real pattern: after the hooked first call (on PyTorch 2.13 CPU: mismatch, recompile with
+    limited fusion, pass) the compiled block's gradients match eager mode's."""
+    from diffusers.models.unets.unet_2d_blocks import UpBlock2D
+    from torch._inductor import config
+
+    torch.manual_seed(0)
+    block = UpBlock2D(
+        in_channels=16, prev_output_channel=16, out_channels=16, temb_channels=32, num_layers=2, resnet_groups=4
+    ).train()
+    args = (torch.randn(64, 16, 4, 4), (torch.randn(64, 16, 4, 4), torch.randn(64, 16, 4, 4)), torch.randn(64, 32))
+    compiled = torch.compile(block)
+    assert install_compile_check(compiled, "up_block")
+
+    def grads(module):
+        block.zero_grad(set_to_none=True)
+        module(*args).backward(torch.ones(64, 16, 8, 8))
+        return torch.cat([p.grad.flatten() for p in block.parameters()])
+
+    with config.patch(max_fusion_size=config.max_fusion_size):  # restored after the test
+        compiled_grads = grads(compiled)  # the first call runs the check (and the fallback if needed)
+        eager_grads = grads(block)
+    assert ((compiled_grads - eager_grads).norm() / eager_grads.norm()).item() < 1e-4

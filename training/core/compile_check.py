@@ -13,8 +13,11 @@ See `benchmarks/RESULTS.md`.
 inputs (detached copies), runs forward + backward through the compiled module and through its eager
 `_orig_mod`, and compares the parameter gradients. Both runs use the same random projection of the outputs, the
 same RNG state and buffers, and the caller's autocast context. Afterwards gradients, buffers and RNG are put back
-as they were, so the training run itself is unchanged. A mismatch raises `CompiledGradientMismatch` with the
-worst parameters.
+as they were, so the training run itself is unchanged.
+
+On a mismatch on CPU the hook falls back once: it limits inductor's fusion to one operation per kernel
+(`limit_inductor_fusion`), which compiles the UNet correctly and still trains 8–14% faster than eager, and checks
+again. If that fails too, or on another device, it raises `CompiledGradientMismatch` with the worst parameters.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 class CompiledGradientMismatch(ValueError):
     """The compiled model's gradients differ from eager mode's beyond tolerance (a ValueError, so the training
-    scripts print it as an error message, without a traceback)."""
+    scripts print it as an error message, without a traceback). `summary`: the finding without the advice."""
+
+    def __init__(self, message: str, summary: str | None = None):
+        super().__init__(message)
+        self.summary = summary or message
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
@@ -92,16 +99,18 @@ def check_compiled_gradients(
 
     Returns the overall relative error ‖g_compiled − g_eager‖ / ‖g_eager‖. Raises `CompiledGradientMismatch` if it
     exceeds `rtol`, or if a parameter tensor whose eager gradient is not negligible (> 1e-3 of the total norm)
-    gets a gradient norm 10× smaller (e.g. zero) or larger. Default `rtol`: 2e-2 under autocast or with
+    gets a gradient norm 10× smaller (e.g. zero) or larger. Default `rtol`: 5e-2 under autocast or with
     `low_precision` (accelerate's mixed precision wraps the forward itself, so a caller cannot see it), else 1e-2
-    (fp32 compiled and eager agree to ~1e-6 on CPU; TF32 matmuls on a GPU can differ by ~1e-3).
+    (fp32 compiled and eager agree to ~1e-6 on CPU; TF32 matmuls on a GPU can differ by ~1e-3). In bf16 a correct
+    compile of the digits UNet differs from eager bf16 by 2.2%, because fused kernels round at other places; the
+    miscompiled one by 38–40%, with 60–62 parameter tensors 10× off or zero.
     Gradients, buffers and the RNG state are restored afterwards.
     """
     eager = compiled._orig_mod
     if isinstance(eager, torch.nn.parallel.DistributedDataParallel):
         eager = eager.module
     autocast = torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda"))
-    rtol = rtol if rtol is not None else (2e-2 if autocast or low_precision else 1e-2)
+    rtol = rtol if rtol is not None else (5e-2 if autocast or low_precision else 1e-2)
     named = [(n, p) for n, p in eager.named_parameters() if p.requires_grad]
     saved_grads = [p.grad for _, p in named]
     buffers = {n: b.detach().clone() for n, b in eager.named_buffers()}
@@ -129,16 +138,38 @@ def check_compiled_gradients(
     if relative > rtol or bad:
         bad.sort(reverse=True)
         worst = "; ".join(f"{n}: |compiled| {gn:.3g} vs |eager| {wn:.3g}" for _, n, gn, wn in bad[:5])
-        raise CompiledGradientMismatch(
+        summary = (
             f"torch.compile gives wrong gradients for {name!r}: relative error {relative:.3g} against eager "
             f"mode (tolerance {rtol:g}); {len(bad)} of {len(named)} parameter tensors get a gradient 10× too small "
-            "or large"
-            + (f", e.g. {worst}" if worst else "")
-            + ". Eager mode is the reference, so this is a compiler bug, not a problem of the model (PyTorch "
+            "or large" + (f", e.g. {worst}" if worst else "")
+        )
+        raise CompiledGradientMismatch(
+            summary + ". Eager mode is the reference, so this is a compiler bug, not a problem of the model (PyTorch "
             "2.13's CPU inductor, for one, zeroes the gradient through diffusers' UpBlock2D upsampling): train "
-            "without it (accelerate launch --dynamo_backend no), or pass --compile_check off to train anyway."
+            "without it (accelerate launch --dynamo_backend no), or pass --compile_check off to train anyway.",
+            summary=summary,
         )
     return relative
+
+
+def _on_cpu(module: torch.nn.Module) -> bool:
+    return all(p.device.type == "cpu" for p in module.parameters())
+
+
+def limit_inductor_fusion() -> bool:
+    """Set inductor's `max_fusion_size` to 1 and drop everything compiled so far, so the next calls recompile.
+
+    The fallback when the check fails on CPU. With one operation per generated kernel, PyTorch 2.13 compiles the
+    digits UNet correctly (gradients within 3e-6 of eager in fp32), and the bf16 training step still runs 8–14%
+    faster than eager: on CPU most of the gain is the lower dispatch cost, not the fusion. Any limit above 1
+    (2, 4, 8, 16, 64) still zeroes the gradients. Returns False (changing nothing) if the limit already is 1."""
+    from torch._inductor import config
+
+    if config.max_fusion_size <= 1:
+        return False
+    config.max_fusion_size = 1
+    torch._dynamo.reset()
+    return True
 
 
 def install_compile_check(model: torch.nn.Module, name: str = "model", low_precision: bool = False) -> bool:
@@ -152,7 +183,19 @@ def install_compile_check(model: torch.nn.Module, name: str = "model", low_preci
             return None
         state["done"] = True
         handle.remove()
-        check_compiled_gradients(module, args, kwargs, name=name, low_precision=low_precision)
+        try:
+            check_compiled_gradients(module, args, kwargs, name=name, low_precision=low_precision)
+        except CompiledGradientMismatch as error:
+            if not _on_cpu(module) or not limit_inductor_fusion():
+                raise
+            logger.warning(
+                f"{error.summary}. Recompiling every model with inductor's max_fusion_size=1 "
+                "(one operation per generated kernel: this avoids the PyTorch 2.13 CPU bug) and checking again."
+            )
+            try:
+                check_compiled_gradients(module, args, kwargs, name=name, low_precision=low_precision)
+            except CompiledGradientMismatch as again:
+                raise CompiledGradientMismatch(f"{again} Recompiling with max_fusion_size=1 did not help.") from None
         return None
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
