@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from torch._inductor import config as inductor_config
 
 from custom_pipelines import (
     DDIMEtaScheduler,
@@ -29,6 +30,9 @@ from custom_pipelines import (
 from custom_pipelines.data import ImageTransform, load_image_dataset
 from custom_pipelines.hub.configs import load_component_config
 from custom_pipelines.models import set_attention_backend
+from training.core.compile_check import install_compile_check
+
+FUSED, FOREACH = {"fused": True}, {"foreach": True}  # on CPU, foreach AdamW loops over the tensors one by one
 
 
 def digits_batch(batch_size: int, resolution: int) -> torch.Tensor:
@@ -109,22 +113,33 @@ def main(argv=None):
 
     train_variants = {}
     bf16_step = lambda u, o: our_train_step(u, o, our_sched, clean, torch.bfloat16)  # noqa: E731
-    for name, step, attention in (
-        ("stock diffusers loop (fp32)", lambda u, o: stock_train_step(u, o, stock_sched, clean), "sdpa"),
-        ("ours fp32", lambda u, o: our_train_step(u, o, our_sched, clean, None), "math"),
-        ("ours bf16 autocast, SDPA attention (--attention_backend sdpa)", bf16_step, "sdpa"),
-        ("ours bf16 autocast, matmul attention (the CPU default)", bf16_step, "math"),
+    stock_name = "stock diffusers loop (fp32)"
+    for name, step, attention, adamw in (
+        (stock_name, lambda u, o: stock_train_step(u, o, stock_sched, clean), "sdpa", {}),
+        ("ours fp32", lambda u, o: our_train_step(u, o, our_sched, clean, None), "math", FUSED),
+        ("ours bf16 autocast, SDPA attention, foreach AdamW", bf16_step, "sdpa", FOREACH),
+        ("ours bf16 autocast, matmul attention, foreach AdamW", bf16_step, "math", FOREACH),
+        ("ours bf16 autocast, matmul attention, fused AdamW (the trainer's default on CPU)", bf16_step, "math", FUSED),
     ):
         unet = copy.deepcopy(base).train()
         set_attention_backend(unet, attention)
-        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=not name.startswith("stock") or None)
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, **adamw)
         train_variants[name] = lambda step=step, unet=unet, opt=opt: step(unet, opt)
     if args.compile:  # what `accelerate launch --dynamo_backend inductor ... --mixed_precision bf16` runs
         unet = copy.deepcopy(base).train()
         set_attention_backend(unet, "math")
-        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=True)
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, **FUSED)
         compiled = torch.compile(unet)
-        name = "ours bf16 autocast, matmul attention + torch.compile (miscompiled backward on CPU, speed only)"
+        install_compile_check(compiled, "unet", low_precision=True)  # as the trainer does, with its CPU fallback
+        # the fallback limits inductor's fusion for the whole process; keep it to this model (sampling compiles later)
+        with inductor_config.patch(max_fusion_size=inductor_config.max_fusion_size):
+            start = time.perf_counter()
+            our_train_step(compiled, opt, our_sched, clean, torch.bfloat16)
+            limited = inductor_config.max_fusion_size == 1
+            print(f"torch.compile of the training UNet, with the compile check: {time.perf_counter() - start:.0f} s")
+        name = "ours bf16 autocast, matmul attention, fused AdamW + torch.compile" + (
+            " (recompiled by the compile check with max_fusion_size=1)" if limited else ""
+        )
         train_variants[name] = lambda: our_train_step(compiled, opt, our_sched, clean, torch.bfloat16)
 
     def pipe_call(pipe, **kw):
@@ -182,17 +197,36 @@ def main(argv=None):
     print(f"\nMachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; UNet {args.config} "
           f"({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M params), batch {args.batch_size}\n")  # fmt: skip
-    stock = statistics.median(train_times["stock diffusers loop (fp32)"])
+    stock = statistics.median(train_times[stock_name])
     print("| training step | ms/step | img/s | × stock |\n|---|---|---|---|")
     for name, times in train_times.items():
         t = statistics.median(times)
         print(f"| {name} | {t * 1e3:.0f} | {args.batch_size / t:.0f} | {stock / t:.2f} |")
+    print_training_floor(base, clean, stock)
     print_efficiency(eval_unet, bf16_unet, clean)
     stock = statistics.median(sample_times["stock DDPMPipeline (fp32)"])
     print("\n| sampling | ms per network evaluation | × stock DDPMPipeline time |\n|---|---|---|")
     for name, times in sample_times.items():
         t = statistics.median(times)
         print(f"| {name} | {t * 1e3:.1f} | {t / stock:.2f} |")
+
+
+def print_training_floor(unet, clean: torch.Tensor, stock_seconds: float) -> None:
+    """How much of a 2× faster step the arithmetic alone would use, at the bf16 matmul peak of this run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = copy.deepcopy(unet).train()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+        unet(clean, torch.full((clean.shape[0],), 500)).sample.float().square().mean().backward()
+    gflop = counter.get_total_flops() / 1e9
+    conv = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k)) / 1e9
+    peak = matmul_peak_gflops(torch.bfloat16)
+    print(
+        f"\nTraining step (forward + backward): {gflop:.1f} GFLOP, {conv:.1f} of it in convolutions. At this run's "
+        f"bf16 matmul peak ({peak:.0f} GFLOP/s) the arithmetic alone takes {gflop / peak * 1e3:.0f} ms; "
+        f"2× the stock step is {stock_seconds / 2 * 1e3:.0f} ms."
+    )
 
 
 def print_efficiency(fp32_unet, bf16_unet, clean: torch.Tensor) -> None:
