@@ -162,10 +162,9 @@ def test_trainer_runs_the_check_and_stops_on_a_mismatch(tmp_path, monkeypatch, f
     assert len(seen) == 2
 
 
-@pytest.mark.slow
-def test_pytorch_upblock_pattern_verdict_matches_a_direct_comparison():
-    """The miscompiled pattern from diffusers' UpBlock2D at batch 64 (PyTorch 2.13 CPU inductor zeroes its input
-    gradient). Whatever the installed PyTorch does, the check must agree with a direct eager/compiled comparison."""
+def upblock_case():
+    """diffusers' UpBlock2D at batch 64, where PyTorch 2.13's CPU inductor zeroes the input gradient: the block, its
+    inputs, the compiled block, and a function giving the block's flattened parameter gradients through a module."""
     from diffusers.models.unets.unet_2d_blocks import UpBlock2D
 
     torch.manual_seed(0)
@@ -173,13 +172,20 @@ def test_pytorch_upblock_pattern_verdict_matches_a_direct_comparison():
         in_channels=16, prev_output_channel=16, out_channels=16, temb_channels=32, num_layers=2, resnet_groups=4
     ).train()
     args = (torch.randn(64, 16, 4, 4), (torch.randn(64, 16, 4, 4), torch.randn(64, 16, 4, 4)), torch.randn(64, 32))
-    compiled = torch.compile(block)
 
     def grads(module):
         block.zero_grad(set_to_none=True)
         module(*args).backward(torch.ones(64, 16, 8, 8))
         return torch.cat([p.grad.flatten() for p in block.parameters()])
 
+    return block, args, torch.compile(block), grads
+
+
+@pytest.mark.slow
+def test_pytorch_upblock_pattern_verdict_matches_a_direct_comparison():
+    """Whatever the installed PyTorch does with the UpBlock2D pattern, the check must agree with a direct
+    eager/compiled comparison."""
+    block, args, compiled, grads = upblock_case()
     eager_grads, compiled_grads = grads(block), grads(compiled)
     block.zero_grad(set_to_none=True)
     direct = ((compiled_grads - eager_grads).norm() / eager_grads.norm()).item()
@@ -205,22 +211,10 @@ def test_gan_penalties_refuse_compile_with_a_clear_error(tmp_path, monkeypatch, 
 def test_upblock_pattern_trains_with_correct_gradients_after_the_hook():
     """End to end on the real pattern: after the hooked first call (on PyTorch 2.13 CPU: mismatch, recompile with
     limited fusion, pass) the compiled block's gradients match eager mode's."""
-    from diffusers.models.unets.unet_2d_blocks import UpBlock2D
     from torch._inductor import config
 
-    torch.manual_seed(0)
-    block = UpBlock2D(
-        in_channels=16, prev_output_channel=16, out_channels=16, temb_channels=32, num_layers=2, resnet_groups=4
-    ).train()
-    args = (torch.randn(64, 16, 4, 4), (torch.randn(64, 16, 4, 4), torch.randn(64, 16, 4, 4)), torch.randn(64, 32))
-    compiled = torch.compile(block)
+    block, _, compiled, grads = upblock_case()
     assert install_compile_check(compiled, "up_block")
-
-    def grads(module):
-        block.zero_grad(set_to_none=True)
-        module(*args).backward(torch.ones(64, 16, 8, 8))
-        return torch.cat([p.grad.flatten() for p in block.parameters()])
-
     with config.patch(max_fusion_size=config.max_fusion_size):  # restored after the test
         compiled_grads = grads(compiled)  # the first call runs the check (and the fallback if needed)
         eager_grads = grads(block)
