@@ -35,3 +35,13 @@ def test_adamw_is_fused_on_cpu_and_matches_the_reference_update():
 def test_adamw_overrides_learning_rate_and_betas():
     optimizer = adamw([torch.nn.Parameter(torch.zeros(3))], _args(), lr=5e-4, betas=(0.0, 0.9))
     assert optimizer.defaults["lr"] == 5e-4 and optimizer.defaults["betas"] == (0.0, 0.9)
+
+
+def test_adamw_falls_back_to_foreach_on_devices_without_a_fused_kernel(monkeypatch):
+    from types import SimpleNamespace
+
+    from training.core import trainer
+
+    monkeypatch.setattr(trainer, "PartialState", lambda: SimpleNamespace(device=torch.device("meta")))
+    optimizer = adamw([torch.nn.Parameter(torch.zeros(3))], _args())
+    assert not optimizer.defaults["fused"] and optimizer.defaults["foreach"] is True
