@@ -117,12 +117,13 @@ def sample_pixel_diffusion(
     device = pipe._execution_device
     dtype = state_dtype(pipe.unet.dtype)
     scheduler = pipe.scheduler
-    # 1. x_T ~ N(0, I), scaled for schedulers that work in σ-space.
+    # 1. The (possibly respaced, or the caller's own) timesteps t_N > … > t_1. First: σ-space schedulers (Euler,
+    #    Heun, LMS, ...) compute init_noise_sigma from them (σ_max of the chosen grid, not of the training one).
+    set_scheduler_timesteps(scheduler, num_inference_steps, timesteps, device)
+    # 2. x_T ~ N(0, I), scaled to the first step's noise level (1 for DDPM/DDIM, σ_max for σ-space schedulers).
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
-    # 2. The (possibly respaced, or the caller's own) timesteps t_N > … > t_1.
-    set_scheduler_timesteps(scheduler, num_inference_steps, timesteps, device)
     step_kwargs = extra_step_kwargs(scheduler, generator, eta)
     # 3. Predict (pushing x_t down ∇ loss first when loss-guided), then let the scheduler take x_t → x_{t-1}.
     for i, t in enumerate(pipe.progress_bar(scheduler.timesteps)):
