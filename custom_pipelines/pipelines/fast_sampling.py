@@ -1,23 +1,21 @@
-"""One call that puts a loaded pipeline on its fast sampling path: low-precision networks, the attention kernel
-that suits the device, and optionally `torch.compile`.
+"""One call that puts a loaded pipeline on its fast sampling path: the precision and attention kernel that suit
+the device, and optionally `torch.compile`.
 
     pipe = load_pipeline("runs/ddpm-digits")
-    enable_fast_sampling(pipe, torch_dtype=torch.bfloat16, compile=True)
+    enable_fast_sampling(pipe)                  # torch_dtype="auto": bf16 where the device runs it natively
     images = pipe(batch_size=64, num_inference_steps=8).images
 
-What it changes and why (measured in `benchmarks/RESULTS.md`, digits UNet, batch 64, CPU):
+What it changes and why (numbers in `docs/performance.md` and `benchmarks/RESULTS.md`):
 - `torch_dtype`: the networks' weights are cast (what `from_pretrained(torch_dtype=...)` does); our pipelines keep
-  the scheduler state x_t in float32 and cast only the network input, so a bf16 UNet keeps the fp32 digits-FID
-  (DDIM-50 on the demo model, same seeds: 0.499 → 0.525, 0.300 → 0.297, 0.336 → 0.351; seed sets alone move it by
-  0.2) at ≈ 0.6–0.7× the seconds per network evaluation.
-- `attention_backend`: `"auto"` gives diffusers' plain matmul attention on CPU and SDPA elsewhere
+  the scheduler state x_t in float32 and cast only the network input, so a bf16 UNet keeps the fp32 digits-FID.
+  `"auto"` (the default) picks bf16 only where it is native (`custom_pipelines.precision`), else fp32: on a CPU
+  without AVX-512-BF16/AMX bf16 is many times slower than fp32.
+- `attention_backend`: `"auto"` gives plain matmul attention for bf16 on CPU and SDPA elsewhere
   (see `custom_pipelines.models.attention`).
 - `compile`: `module.compile()` in place (module class, `config` and `state_dict` keys stay the same, so
-  `save_pretrained` still writes the plain weights). The first call pays the compilation (15–40 s on CPU for the
-  digits UNet); afterwards bf16 + compile runs at 0.42–0.51× (four runs, median ≈ 0.45) the stock fp32
-  pipeline's time per evaluation. Worth it for evaluation runs and services, not for one grid.
-- `channels_last`: NHWC weights. Helps tensor-core convolutions on GPU; on CPU eager it is a loss (PyTorch's CPU
-  GroupNorm is ≈ 6× slower in that layout), so it is off by default.
+  `save_pretrained` still writes the plain weights). The first call pays the compilation; worth it for
+  evaluation runs and services, not for one grid.
+- `channels_last`: NHWC weights, for tensor-core convolutions on GPU; on CPU it is slower (GroupNorm), so off.
 """
 
 from __future__ import annotations
@@ -25,32 +23,12 @@ from __future__ import annotations
 import torch
 
 from ..models.attention import ATTENTION_BACKENDS, set_attention_backend
-
-DTYPE_NAMES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-SAMPLING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def parse_torch_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """`torch.bfloat16`, `"bf16"`, `"bfloat16"`, ... → the dtype; None stays None."""
-    if torch_dtype is None or (isinstance(torch_dtype, torch.dtype) and torch_dtype in SAMPLING_DTYPES):
-        return torch_dtype
-    if isinstance(torch_dtype, str) and torch_dtype.lower() in DTYPE_NAMES:
-        return DTYPE_NAMES[torch_dtype.lower()]
-    raise ValueError(
-        f"torch_dtype must be one of {sorted(DTYPE_NAMES)} or the matching torch dtype, got {torch_dtype!r}"
-    )
+from ..precision import resolve_torch_dtype
 
 
 def enable_fast_sampling(
     pipe,
-    torch_dtype: torch.dtype | str | None = torch.bfloat16,
+    torch_dtype: torch.dtype | str | None = "auto",
     compile: bool = False,
     attention_backend: str = "auto",
     channels_last: bool = False,
@@ -60,18 +38,18 @@ def enable_fast_sampling(
 
     Args:
         pipe: any of our pipelines (or a diffusers one): every `torch.nn.Module` component is treated.
-        torch_dtype (`torch.dtype` or `str`, defaults to `torch.bfloat16`): weights' dtype (`"fp32"`, `"bf16"`,
-            `"fp16"` or the torch dtype); None leaves it. Scheduler state stays float32 in our pipelines.
+        torch_dtype (`torch.dtype` or `str`, defaults to `"auto"`): weights' dtype: `"auto"` (bf16 where the
+            pipeline's device runs it natively, else fp32), `"fp32"`, `"bf16"`, `"fp16"` or the torch dtype; None
+            leaves it. An explicit bf16 on a device without native bf16 warns once. Scheduler state stays float32.
         compile (`bool`, defaults to False): `torch.compile` the networks (in place; first call compiles).
         attention_backend (`str`, defaults to `"auto"`): `"auto"`, `"sdpa"` or `"math"`, for diffusers'
             `Attention` layers (see `set_attention_backend`).
-        channels_last (`bool`, defaults to False): NHWC weights (a GPU option; slower on CPU eager).
+        channels_last (`bool`, defaults to False): NHWC weights (a GPU option; slower on CPU).
         compile_mode (`str`, *optional*): `mode` for `torch.compile`, e.g. `"max-autotune-no-cudagraphs"`.
 
     Returns:
         The same pipeline, for chaining.
     """
-    dtype = parse_torch_dtype(torch_dtype)
     if attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {attention_backend!r}")
     for name, flag in (("compile", compile), ("channels_last", channels_last)):
@@ -80,6 +58,7 @@ def enable_fast_sampling(
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     if not modules:
         raise ValueError(f"{type(pipe).__name__} has no torch.nn.Module component to speed up")
+    dtype = resolve_torch_dtype(torch_dtype, _device_of(modules))
     for module in modules:
         if dtype is not None:
             _cast(module, dtype)
@@ -89,6 +68,13 @@ def enable_fast_sampling(
         if compile:
             module.compile(mode=compile_mode)
     return pipe
+
+
+def _device_of(modules: list[torch.nn.Module]) -> torch.device:
+    for module in modules:
+        for parameter in module.parameters():
+            return parameter.device
+    return torch.device("cpu")
 
 
 def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -102,18 +88,11 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
                 torch.nn.Module.to(submodule, dtype=torch.float32)
 
 
-def add_fast_sampling_args(parser) -> None:
-    """`--torch_dtype` and `--compile` for the sampling command lines (`training.sample`, `evaluate`)."""
-    parser.add_argument(
-        "--torch_dtype",
-        default="fp32",
-        choices=["fp32", "bf16", "fp16"],
-        help="dtype of the networks (scheduler state stays fp32); bf16 ≈ 0.6× the time per step on CPU",
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (first batch compiles)")
-
-
-def apply_fast_sampling_args(pipe, args) -> None:
-    """Apply `--torch_dtype` / `--compile` (fp32 without compile leaves the pipeline exactly as loaded)."""
-    if args.torch_dtype != "fp32" or args.compile:
-        enable_fast_sampling(pipe, torch_dtype=args.torch_dtype, compile=args.compile)
+def apply_fast_sampling_args(pipe, args) -> torch.dtype:
+    """Apply `--torch_dtype` / `--compile`; returns the dtype used. fp32 without compile leaves the pipeline
+    exactly as loaded."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    dtype = resolve_torch_dtype(args.torch_dtype, _device_of(modules))
+    if dtype != torch.float32 or args.compile:
+        enable_fast_sampling(pipe, torch_dtype=dtype, compile=args.compile)
+    return dtype

@@ -153,7 +153,7 @@ def test_cli_bf16_matches_fp32(tiny_ddpm_dir, tmp_path, digits_cache):
     stock = DDPMPipeline.from_pretrained(tiny_ddpm_dir)
     UnconditionalDiffusionPipeline(unet=stock.unet, scheduler=stock.scheduler).save_pretrained(ours)
     argv = ["--pipeline", str(ours), "--num_samples", "16", "--batch_size", "8", "--num_inference_steps", "3"]
-    fp32 = main_metrics(argv, tmp_path)
+    fp32 = main_metrics([*argv, "--torch_dtype", "fp32"], tmp_path)
     bf16 = main_metrics([*argv, "--torch_dtype", "bf16"], tmp_path)
     assert (fp32["torch_dtype"], bf16["torch_dtype"], bf16["compile"]) == ("fp32", "bf16", False)
     assert bf16["fid"] == pytest.approx(fp32["fid"], rel=0.05) and bf16["fid"] != fp32["fid"]

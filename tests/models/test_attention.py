@@ -38,10 +38,14 @@ def test_bf16_autocast_math_attention_matches_fp32():
 
 
 def test_auto_backend_and_bad_names():
-    assert resolve_attention_backend("auto", "cpu") == "math"
-    assert resolve_attention_backend("auto", torch.device("cuda", 0)) == "sdpa"
-    assert resolve_attention_backend("sdpa", "cpu") == "sdpa"
+    """auto: plain matmuls only for low-precision compute on CPU (measured faster there), SDPA otherwise."""
+    assert resolve_attention_backend("auto", "cpu", torch.bfloat16) == "math"
+    assert resolve_attention_backend("auto", "cpu", torch.float32) == "sdpa"
+    assert resolve_attention_backend("auto", "cpu") == "sdpa"  # fp32 unless told
+    assert resolve_attention_backend("auto", torch.device("cuda", 0), torch.bfloat16) == "sdpa"
+    assert resolve_attention_backend("sdpa", "cpu", torch.bfloat16) == "sdpa"
     unet = tiny_unet()
-    assert set_attention_backend(unet, "auto") == "math" and processors(unet) == {AttnProcessor}
+    assert set_attention_backend(unet, "auto") == "sdpa" and processors(unet) == {AttnProcessor2_0}
+    assert set_attention_backend(unet.to(torch.bfloat16), "auto") == "math" and processors(unet) == {AttnProcessor}
     with pytest.raises(ValueError, match=r"attention backend must be one of \('auto', 'sdpa', 'math'\)"):
         set_attention_backend(unet, "flash")

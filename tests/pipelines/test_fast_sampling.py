@@ -78,8 +78,8 @@ def test_gan_pipeline_runs_in_bf16():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"torch_dtype": "int8"}, ValueError, "torch_dtype must be one of"),
-        ({"torch_dtype": torch.int64}, ValueError, "torch_dtype must be one of"),
+        ({"torch_dtype": "int8"}, ValueError, "torch_dtype must be 'auto', one of"),
+        ({"torch_dtype": torch.int64}, ValueError, "torch_dtype must be 'auto', one of"),
         ({"attention_backend": "flash"}, ValueError, "attention_backend must be one of"),
         ({"compile": "yes"}, TypeError, "compile must be a bool"),
         ({"channels_last": 1}, TypeError, "channels_last must be a bool"),

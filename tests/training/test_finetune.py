@@ -24,7 +24,7 @@ def tiny_args(output_dir, model_config, classes, *extra):
         "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48", "--max_train_steps", "3",
         "--checkpointing_steps", "100", "--validation_steps", "100", "--num_validation_images", "2",
         "--num_inference_steps", "1", "--logging_steps", "1", "--lr_warmup_steps", "0", "--seed", "0",
-        "--report_to", "none", "--class_filter", *map(str, classes), *extra,
+        "--report_to", "none", "--mixed_precision", "no", "--class_filter", *map(str, classes), *extra,
     ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+from custom_pipelines.precision import resolve_mixed_precision
 from training import train_ddpm
 from training.core import list_checkpoints, read_metrics
 
@@ -50,7 +51,11 @@ def test_train_save_reload_and_sample(tmp_path):
     assert images.shape == (2, 8, 8, 1) and 0 <= images.min() and images.max() <= 1
     assert pipe.scheduler.config.num_train_timesteps == 100
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["attention_backend"] == "math" and summary["mixed_precision"] == "no"  # CPU default
+    # --mixed_precision auto: bf16 only on a CPU that runs it natively; the attention default follows the precision
+    expected = resolve_mixed_precision("auto", "cpu")
+    assert summary["mixed_precision"] == expected.mixed_precision and summary["mixed_precision_requested"] == "auto"
+    assert summary["mixed_precision_reason"] == expected.reason and "CPU" in expected.reason
+    assert summary["attention_backend"] == ("math" if expected.mixed_precision == "bf16" else "sdpa")
 
 
 def test_resume_from_latest_continues_exactly(tmp_path):

@@ -22,13 +22,20 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    set_seed,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
+from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .compile_check import install_compile_check, is_compiled
@@ -39,13 +46,30 @@ logger = get_logger(__name__)
 SUMMARY_FILE = "training_summary.json"
 
 
+def resolve_run_precision(requested: str) -> PrecisionChoice:
+    """`--mixed_precision` (default `auto`) → what this run uses, decided on the main process and shared, so every
+    rank of a multi-process run computes in the same precision whatever its own timing probe said."""
+    state = PartialState()
+    choice = None
+    if state.is_main_process:
+        try:
+            choice = resolve_mixed_precision(requested, state.device)
+        except ValueError as err:
+            choice = err
+    if state.num_processes > 1:
+        choice = broadcast_object_list([choice], from_process=0)[0]
+    if isinstance(choice, ValueError):
+        raise ValueError(f"--{choice}")
+    return choice
+
+
 def create_accelerator(args) -> Accelerator:
-    """Accelerator with TensorBoard logging under `<output_dir>/logs`, a seedable sampler (exact resume) and seed."""
-    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--mixed_precision fp16 needs a CUDA device; on CPU use bf16 or no")
+    """Accelerator with TensorBoard logging under `<output_dir>/logs`, a seedable sampler (exact resume), seed, and
+    the precision `--mixed_precision` resolves to (`args.precision` records the choice and the reason)."""
+    args.precision = resolve_run_precision(args.mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.precision.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
@@ -58,6 +82,11 @@ def create_accelerator(args) -> Accelerator:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise; DDP syncs the initial weights
+    logger.info(
+        f"precision: {args.precision.mixed_precision} (--mixed_precision {args.mixed_precision}; "
+        f"{args.precision.reason})",
+        main_process_only=True,
+    )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     return accelerator
@@ -158,8 +187,9 @@ class Trainer:
         }
         names_m, names_o = list(models), list(optimizers)
         # before prepare, so that a compiled model traces the chosen attention
+        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
         self.attention_backend = resolve_attention_backend(
-            getattr(args, "attention_backend", "auto"), accelerator.device
+            getattr(args, "attention_backend", "auto"), accelerator.device, compute_dtype
         )
         for model in models.values():
             set_attention_backend(model, self.attention_backend)
@@ -396,6 +426,8 @@ class Trainer:
                 "global_step": self.global_step,
                 "world_size": acc.num_processes,
                 "mixed_precision": acc.mixed_precision,
+                "mixed_precision_requested": args.mixed_precision,
+                "mixed_precision_reason": getattr(getattr(args, "precision", None), "reason", None),
                 "attention_backend": self.attention_backend,
                 "param_checksums": checksums,
             }
