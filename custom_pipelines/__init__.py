@@ -1,50 +1,43 @@
-"""Diffusion and GAN pipelines, schedulers and models that plug into Hugging Face diffusers."""
+"""Diffusion and GAN pipelines, schedulers and models that plug into Hugging Face diffusers.
 
-from .evaluation import DigitsClassifier, InceptionV3FID, evaluate_pipeline
-from .gan import (
-    DCGANCritic,
-    DCGANGenerator,
-    ProGANDiscriminator,
-    ProGANGenerator,
-    StyleGANDiscriminator,
-    StyleGANGenerator,
-)
-from .hub.loader import load_pipeline
-from .models import ClassConcatUNet2DModel
-from .pipelines.fast_sampling import enable_fast_sampling
-from .pipelines.guidance import classifier_guidance_loss, digits_classifier_guidance, mean_color_loss
-from .pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
-from .pipelines.pipeline_gan import GANPipeline
-from .pipelines.pipeline_stylegan import StyleGANPipeline
-from .pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
-from .pipelines.timestep_search import optimize_timesteps
-from .schedulers import DDIMEtaScheduler, DDPMAncestralScheduler, DPMSolver2MScheduler, make_beta_schedule
+Public names are imported on first use (as diffusers does), so `import custom_pipelines` and the command lines'
+`--help` do not pay for torch and diffusers until something needs them.
+"""
+
+from __future__ import annotations
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClassConcatUNet2DModel",
-    "ClassConditionalDiffusionPipeline",
-    "classifier_guidance_loss",
-    "digits_classifier_guidance",
-    "mean_color_loss",
-    "DCGANCritic",
-    "DCGANGenerator",
-    "DDIMEtaScheduler",
-    "DDPMAncestralScheduler",
-    "DPMSolver2MScheduler",
-    "DigitsClassifier",
-    "GANPipeline",
-    "InceptionV3FID",
-    "ProGANDiscriminator",
-    "ProGANGenerator",
-    "StyleGANDiscriminator",
-    "StyleGANGenerator",
-    "StyleGANPipeline",
-    "UnconditionalDiffusionPipeline",
-    "enable_fast_sampling",
-    "evaluate_pipeline",
-    "load_pipeline",
-    "make_beta_schedule",
-    "optimize_timesteps",
-]
+_PUBLIC = {  # name → the module that defines it
+    "ClassConcatUNet2DModel": ".models",
+    "ClassConditionalDiffusionPipeline": ".pipelines.pipeline_class_conditional",
+    "DCGANCritic": ".gan",
+    "DCGANGenerator": ".gan",
+    "DDIMEtaScheduler": ".schedulers",
+    "DDPMAncestralScheduler": ".schedulers",
+    "DPMSolver2MScheduler": ".schedulers",
+    "DigitsClassifier": ".evaluation",
+    "GANPipeline": ".pipelines.pipeline_gan",
+    "InceptionV3FID": ".evaluation",
+    "ProGANDiscriminator": ".gan",
+    "ProGANGenerator": ".gan",
+    "StyleGANDiscriminator": ".gan",
+    "StyleGANGenerator": ".gan",
+    "StyleGANPipeline": ".pipelines.pipeline_stylegan",
+    "UnconditionalDiffusionPipeline": ".pipelines.pipeline_unconditional_diffusion",
+    "classifier_guidance_loss": ".pipelines.guidance",
+    "digits_classifier_guidance": ".pipelines.guidance",
+    "enable_fast_sampling": ".pipelines.fast_sampling",
+    "evaluate_pipeline": ".evaluation",
+    "load_pipeline": ".hub.loader",
+    "make_beta_schedule": ".schedulers",
+    "mean_color_loss": ".pipelines.guidance",
+    "optimize_timesteps": ".pipelines.timestep_search",
+    "resolve_mixed_precision": ".precision",
+    "resolve_torch_dtype": ".precision",
+}
+__all__ = sorted(_PUBLIC)
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-
-from custom_pipelines.io import write_json
+from custom_pipelines.cli import add_fast_sampling_args, parse_class_labels, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,17 +27,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
     parser.add_argument("--class_labels", default=None, help="'all' (cycled 0..num_classes-1) or e.g. '3,5'")
     parser.add_argument("--num_classes", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_fast_sampling_args(parser)
     parser.add_argument("--output", default=None, help="write {K: timesteps} and the settings to this JSON file")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from custom_pipelines.evaluation.cli import _class_labels
+    from custom_pipelines.evaluation.cli import default_device
     from custom_pipelines.hub.loader import load_pipeline
+    from custom_pipelines.io import write_json
+    from custom_pipelines.pipelines.fast_sampling import apply_fast_sampling_args
     from custom_pipelines.pipelines.timestep_search import optimize_timesteps
 
-    pipe = load_pipeline(args.pipeline).to(args.device)
+    pipe = load_pipeline(args.pipeline).to(default_device(args.device))
+    apply_fast_sampling_args(pipe, args)
     extra = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
     schedules = optimize_timesteps(
         pipe,
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         grid_size=args.grid_size,
         seed=args.seed,
-        class_labels=_class_labels(args.class_labels, args.num_classes),
+        class_labels=parse_class_labels(args.class_labels, args.num_classes),
         **extra,
     )
     result = {
@@ -73,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

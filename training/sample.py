@@ -7,18 +7,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
-import os
-import sys
 
-import torch
-
-from custom_pipelines.hub.loader import load_pipeline
-from custom_pipelines.io import save_image
-from custom_pipelines.models.class_conditioning import num_classes_of
-from custom_pipelines.pipelines.fast_sampling import add_fast_sampling_args, apply_fast_sampling_args
-from custom_pipelines.schedulers import SCHEDULER_NAMES, scheduler_from_name
-from training.core.reporting import image_grid
+from custom_pipelines.cli import add_fast_sampling_args, add_timesteps_args, resolve_timesteps_args, run_cli
+from custom_pipelines.options import SCHEDULER_NAMES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,18 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance_scale", type=float, default=None, help="class-conditional pipelines: CFG w")
     parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="swap in one of our samplers")
-    parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="custom schedule (optimize_timesteps)")
+    add_timesteps_args(parser)
     add_fast_sampling_args(parser)
-    parser.add_argument(
-        "--timesteps_file",
-        default=None,
-        help="JSON from `python -m custom_pipelines.optimize_timesteps`; the entry for --num_inference_steps",
-    )
     args = parser.parse_args(argv)
-    if args.timesteps_file is not None:
-        if args.timesteps is not None:
-            raise ValueError("pass --timesteps or --timesteps_file, not both")
-        args.timesteps = timesteps_from_file(args.timesteps_file, args.num_inference_steps)
+    resolve_timesteps_args(args)
     if args.num_images < 1:
         raise ValueError(f"--num_images must be a positive integer, got {args.num_images}")
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
@@ -49,24 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def timesteps_from_file(path: str, num_inference_steps: int | None) -> list[int]:
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"--timesteps_file {path} does not exist (write it with python -m custom_pipelines.optimize_timesteps)"
-        )
-    with open(path, encoding="utf-8") as f:
-        table = json.load(f).get("timesteps", {})
-    if num_inference_steps is None and len(table) == 1:
-        return list(table.values())[0]
-    if str(num_inference_steps) not in table:
-        raise ValueError(
-            f"--timesteps_file {path} has schedules for num_inference_steps {sorted(table, key=int)}; "
-            f"pass one of them as --num_inference_steps (got {num_inference_steps})"
-        )
-    return table[str(num_inference_steps)]
-
-
 def main(args: argparse.Namespace) -> str:
+    import torch
+
+    from custom_pipelines.hub.loader import load_pipeline
+    from custom_pipelines.io import save_image
+    from custom_pipelines.models.class_conditioning import num_classes_of
+    from custom_pipelines.pipelines.fast_sampling import apply_fast_sampling_args
+    from custom_pipelines.schedulers import scheduler_from_name
+    from training.core.reporting import image_grid
+
     pipe = load_pipeline(args.pipeline)
     if args.scheduler is not None:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
@@ -97,7 +72,4 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    run_cli(lambda: main(parse_args()))

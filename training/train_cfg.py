@@ -17,30 +17,15 @@ UNet gets a zero-initialised class embedding, so training starts exactly from th
 from __future__ import annotations
 
 import argparse
-import sys
 
-import datasets
-import torch
-from diffusers import UNet2DModel
+from custom_pipelines.cli import run_cli
+from custom_pipelines.options import CONDITIONING_METHODS, PREDICTION_TYPES
+from training.core.args import add_common_args, check_resolution, validate_common_args
 
-from custom_pipelines.hub.configs import load_component_config
-from custom_pipelines.models.class_conditioning import (
-    CONDITIONING_METHODS,
-    class_conditional_unet_config,
-    conditioning_method,
-    null_class_id,
-    num_classes_of,
-)
-from custom_pipelines.models.unet_class_concat import ClassConcatUNet2DModel
-from custom_pipelines.pipelines.guidance import drop_class_labels
-from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
-from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
-from training.core import Trainer, adamw, add_common_args, create_accelerator, validate_common_args
-from training.core.data import load_train_dataset
-from training.train_ddpm import PREDICTION_TYPES, check_resolution
-
+# Heavy modules (torch, diffusers, datasets, accelerate) are imported inside the functions that use them, so
+# `--help` and flag errors answer at once.
 DEFAULT_LEARNING_RATE = 2e-4
-UNET_CLASSES = {"UNet2DModel": UNet2DModel, "ClassConcatUNet2DModel": ClassConcatUNet2DModel}
+UNET_CLASS_NAMES = ("UNet2DModel", "ClassConcatUNet2DModel")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +62,8 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def dataset_classes(dataset, label_column: str) -> tuple[int, dict[int, str] | None]:
     """K and the class names of the label column (a `ClassLabel` feature names them; plain ints give K only)."""
+    import datasets
+
     if label_column not in dataset.column_names:
         raise ValueError(f"--label_column={label_column!r} is not a column of the dataset {dataset.column_names}")
     feature = dataset.features[label_column]
@@ -90,15 +77,23 @@ def dataset_classes(dataset, label_column: str) -> tuple[int, dict[int, str] | N
 
 def source_unet_config(args) -> dict:
     """The UNet config to start from: the pretrained pipeline's or the model config variant's."""
+    from custom_pipelines.hub.configs import load_component_config
+
     return load_component_config(args.pretrained_model_name_or_path or args.model_config, "unet")
 
 
-def load_pretrained_unet(args, config: dict, num_classes: int) -> torch.nn.Module:
+def load_pretrained_unet(args, config: dict, num_classes: int):
     """A saved pipeline's UNet; an unconditional one gets a zero class embedding (it starts as the given model)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from custom_pipelines.models.class_conditioning import conditioning_method, num_classes_of
+    from custom_pipelines.models.unet_class_concat import ClassConcatUNet2DModel
+
     path = args.pretrained_model_name_or_path
-    cls = UNET_CLASSES.get(config["_class_name"])
-    if cls is None:
-        raise ValueError(f"{path} has a {config['_class_name']} UNet; expected one of {sorted(UNET_CLASSES)}")
+    if config["_class_name"] not in UNET_CLASS_NAMES:
+        raise ValueError(f"{path} has a {config['_class_name']} UNet; expected one of {sorted(UNET_CLASS_NAMES)}")
+    cls = UNet2DModel if config["_class_name"] == "UNet2DModel" else ClassConcatUNet2DModel
     if cls is UNet2DModel and not config.get("num_class_embeds"):
         if args.conditioning == "concat":
             raise ValueError("--conditioning concat cannot start from an unconditional UNet; use embedding")
@@ -115,8 +110,12 @@ def load_pretrained_unet(args, config: dict, num_classes: int) -> torch.nn.Modul
     return unet
 
 
-def build_models(args, num_classes: int) -> tuple[torch.nn.Module, DDPMAncestralScheduler]:
+def build_models(args, num_classes: int):
     """Class-conditional UNet + scheduler: fine-tuned from a saved pipeline, or fresh from a config variant."""
+    from custom_pipelines.hub.configs import load_component_config
+    from custom_pipelines.models.class_conditioning import class_conditional_unet_config
+    from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+
     config = source_unet_config(args)
     if args.pretrained_model_name_or_path:
         unet = load_pretrained_unet(args, config, num_classes)
@@ -132,7 +131,7 @@ def build_models(args, num_classes: int) -> tuple[torch.nn.Module, DDPMAncestral
     return unet, DDPMAncestralScheduler.from_config(scheduler_config, **overrides)
 
 
-def diffusion_losses(unet, scheduler, clean, class_labels, noise, timesteps) -> dict[str, torch.Tensor]:
+def diffusion_losses(unet, scheduler, clean, class_labels, noise, timesteps) -> dict:
     """L_simple of the class-conditional model on one batch (labels already dropped to the null class)."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
     model_output = unet(noisy, timesteps, class_labels=class_labels).sample
@@ -140,6 +139,14 @@ def diffusion_losses(unet, scheduler, clean, class_labels, noise, timesteps) -> 
 
 
 def main(args: argparse.Namespace) -> str:
+    import torch
+
+    from custom_pipelines.models.class_conditioning import conditioning_method, null_class_id
+    from custom_pipelines.pipelines.guidance import drop_class_labels
+    from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
+    from training.core import Trainer, adamw, create_accelerator
+    from training.core.data import load_train_dataset
+
     accelerator = create_accelerator(args)
     resolution = args.resolution or source_unet_config(args)["sample_size"]
     dataset = load_train_dataset(args, resolution)
@@ -150,7 +157,7 @@ def main(args: argparse.Namespace) -> str:
     null_id, num_train_timesteps = null_class_id(unet), scheduler.config.num_train_timesteps
     validation_classes = args.class_filter or list(range(num_classes))
 
-    def training_step(trainer: Trainer, batch: dict) -> dict:
+    def training_step(trainer, batch: dict) -> dict:
         clean = batch["pixel_values"]
         # Global torch RNG: seeded by accelerate's set_seed and saved/restored with every checkpoint.
         labels = drop_class_labels(batch["labels"], null_id, args.conditioning_dropout)
@@ -160,10 +167,10 @@ def main(args: argparse.Namespace) -> str:
         trainer.backward_and_step("unet", losses["loss"])
         return {"loss": losses["loss"], "null_label_fraction": (labels == null_id).float().mean()}
 
-    def pipeline(trainer: Trainer) -> ClassConditionalDiffusionPipeline:
+    def pipeline(trainer) -> ClassConditionalDiffusionPipeline:
         return ClassConditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler, id2label=id2label)
 
-    def sample_images(trainer: Trainer) -> torch.Tensor:
+    def sample_images(trainer) -> torch.Tensor:
         pipe = pipeline(trainer)
         pipe.set_progress_bar_config(disable=True)
         labels = [validation_classes[i % len(validation_classes)] for i in range(args.num_validation_images)]
@@ -198,7 +205,4 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except ValueError as err:  # bad input: say what is wrong, no stack trace
-        sys.exit(f"error: {err}")
+    run_cli(lambda: main(parse_args()))

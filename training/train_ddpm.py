@@ -9,19 +9,13 @@ out the same way, or a Hub repo id; `--pretrained_model_name_or_path` fine-tunes
 from __future__ import annotations
 
 import argparse
-import sys
 
-import torch
-from diffusers import UNet2DModel
+from custom_pipelines.cli import run_cli
+from custom_pipelines.options import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES
+from training.core.args import add_common_args, check_resolution, validate_common_args
 
-from custom_pipelines.hub.configs import load_component_config
-from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
-from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
-from training.core import Trainer, adamw, add_common_args, create_accelerator, validate_common_args
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
-LOSS_TYPES = ("simple", "hybrid")
+# Heavy modules (torch, diffusers, accelerate) are imported inside the functions that use them, so `--help` and
+# flag errors answer at once.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ddpm.add_argument("--beta_schedule", default=None, help=f"one of {BETA_SCHEDULES} (default: the config's)")
     ddpm.add_argument("--num_train_timesteps", type=int, default=None)
     ddpm.add_argument("--loss_type", default="simple", help="simple: L_simple; hybrid: L_simple + λ·L_vlb (learned Σ)")
+    ddpm.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); default: off (uniform L_simple)",
+    )
     ddpm.add_argument("--num_inference_steps", type=int, default=50, help="steps for validation sampling")
     args = parser.parse_args(argv)
     validate_args(args)
@@ -51,10 +51,17 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--num_train_timesteps must be >= 2, got {args.num_train_timesteps}")
     if args.num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
+    if args.snr_gamma is not None and not args.snr_gamma > 0:
+        raise ValueError(f"--snr_gamma must be > 0 (or left out), got {args.snr_gamma}")
 
 
-def build_models(args) -> tuple[UNet2DModel, DDPMAncestralScheduler]:
+def build_models(args):
     """UNet + scheduler from a saved pipeline (fine-tuning) or from a config variant (fresh weights)."""
+    from diffusers import UNet2DModel
+
+    from custom_pipelines.hub.configs import load_component_config
+    from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+
     if args.pretrained_model_name_or_path:
         unet = UNet2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
         scheduler_config = DDPMAncestralScheduler.load_config(
@@ -81,15 +88,12 @@ def build_models(args) -> tuple[UNet2DModel, DDPMAncestralScheduler]:
     return unet, scheduler
 
 
-def check_resolution(unet: UNet2DModel, resolution: int) -> None:
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if resolution % factor != 0:
-        raise ValueError(
-            f"--resolution must be divisible by the UNet's downsampling factor {factor}, got {resolution}"
-        )
-
-
 def main(args: argparse.Namespace) -> str:
+    import torch
+
+    from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+    from training.core import Trainer, adamw, create_accelerator
+
     accelerator = create_accelerator(args)
     unet, scheduler = build_models(args)
     resolution = args.resolution or unet.config.sample_size
@@ -97,21 +101,23 @@ def main(args: argparse.Namespace) -> str:
     unet.register_to_config(sample_size=resolution)
     num_train_timesteps = scheduler.config.num_train_timesteps
 
-    def training_step(trainer: Trainer, batch: dict) -> dict:
+    def training_step(trainer, batch: dict) -> dict:
         clean = batch["pixel_values"]
         # Global torch RNG: seeded by accelerate's set_seed and saved/restored with every checkpoint.
         noise = torch.randn(clean.shape, device=clean.device, dtype=clean.dtype)
         timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), device=clean.device)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         model_output = trainer.models["unet"](noisy, timesteps).sample
-        losses = scheduler.training_losses(model_output.float(), clean, noise, timesteps, loss_type=args.loss_type)
+        losses = scheduler.training_losses(
+            model_output.float(), clean, noise, timesteps, loss_type=args.loss_type, snr_gamma=args.snr_gamma
+        )
         trainer.backward_and_step("unet", losses["loss"])
         return losses if args.loss_type == "hybrid" else {"loss": losses["loss"]}
 
-    def pipeline(trainer: Trainer) -> UnconditionalDiffusionPipeline:
+    def pipeline(trainer) -> UnconditionalDiffusionPipeline:
         return UnconditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler)
 
-    def sample_images(trainer: Trainer) -> torch.Tensor:
+    def sample_images(trainer) -> torch.Tensor:
         pipe = pipeline(trainer)
         pipe.set_progress_bar_config(disable=True)
         generator = torch.Generator(trainer.device).manual_seed(args.seed)
@@ -138,7 +144,8 @@ def main(args: argparse.Namespace) -> str:
         family="ddpm",
         pipeline_class="UnconditionalDiffusionPipeline",
         description=f"Unconditional DDPM ({scheduler.config.prediction_type}-prediction, "
-        f"{scheduler.config.beta_schedule} schedule, loss {args.loss_type}) "
+        f"{scheduler.config.beta_schedule} schedule, loss {args.loss_type}"
+        f"{f', Min-SNR-γ {args.snr_gamma:g}' if args.snr_gamma else ''}) "
         f"trained on {args.dataset_name or args.train_data_dir}.",
     )
     trainer.train()
@@ -146,7 +153,4 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except ValueError as err:  # bad input: say what is wrong, no stack trace
-        sys.exit(f"error: {err}")
+    run_cli(lambda: main(parse_args()))

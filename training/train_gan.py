@@ -13,46 +13,59 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from accelerate.utils import DistributedDataParallelKwargs, DynamoBackend
+from custom_pipelines.cli import run_cli
+from custom_pipelines.hub.configs import resolve_variant
+from training.core.args import add_common_args, validate_common_args
 
-from custom_pipelines.gan.dcgan import DCGANCritic, DCGANGenerator
-from custom_pipelines.gan.losses import gan_losses
-from custom_pipelines.gan.progan import ProGANDiscriminator, ProGANGenerator
-from custom_pipelines.gan.stylegan import StyleGANDiscriminator, StyleGANGenerator
-from custom_pipelines.hub.configs import load_component_config, resolve_variant
-from custom_pipelines.pipelines.pipeline_gan import GANPipeline
-from custom_pipelines.pipelines.pipeline_stylegan import StyleGANPipeline
-from training.core import Trainer, adamw, add_common_args, create_accelerator, validate_common_args
-
+# Heavy modules (torch, diffusers, accelerate) are imported inside the functions that use them, so `--help` and
+# flag errors answer at once.
 LOSSES = ("ns_r1", "wgan", "wgan_gp")
 
 
 @dataclass(frozen=True)
 class Family:
+    """A GAN family by its public class names (resolved from `custom_pipelines` only when a model is built)."""
+
     name: str
-    pipeline: type
-    generator: type
-    discriminator: type
+    pipeline_name: str
+    generator_name: str
+    discriminator_name: str
     loss: str  # the papers' objective, learning rate and Adam betas
     learning_rate: float
     betas: tuple[float, float]
 
     @property
     def component(self) -> str:
-        return "stylegan" if self.pipeline is StyleGANPipeline else "gan_generator"
+        return "stylegan" if self.pipeline_name == "StyleGANPipeline" else "gan_generator"
+
+    def _class(self, name: str) -> type:
+        import custom_pipelines
+
+        return getattr(custom_pipelines, name)
+
+    @property
+    def pipeline(self) -> type:
+        return self._class(self.pipeline_name)
+
+    @property
+    def generator(self) -> type:
+        return self._class(self.generator_name)
+
+    @property
+    def discriminator(self) -> type:
+        return self._class(self.discriminator_name)
 
 
+BETAS_099 = (0.0, 0.99)  # Karras et al.'s Adam betas (ProGAN, StyleGAN)
 FAMILIES = {
-    family.generator.__name__: family
+    family.generator_name: family
     for family in (
-        Family("stylegan", StyleGANPipeline, StyleGANGenerator, StyleGANDiscriminator, "ns_r1", 2e-3, (0.0, 0.99)),
-        Family("progan", GANPipeline, ProGANGenerator, ProGANDiscriminator, "wgan_gp", 1e-3, (0.0, 0.99)),
-        Family("dcgan", GANPipeline, DCGANGenerator, DCGANCritic, "wgan_gp", 1e-4, (0.0, 0.9)),
+        # name, pipeline, generator, discriminator, the paper's loss, learning rate, Adam betas
+        Family("stylegan", "StyleGANPipeline", "StyleGANGenerator", "StyleGANDiscriminator", "ns_r1", 2e-3, BETAS_099),
+        Family("progan", "GANPipeline", "ProGANGenerator", "ProGANDiscriminator", "wgan_gp", 1e-3, BETAS_099),
+        Family("dcgan", "GANPipeline", "DCGANGenerator", "DCGANCritic", "wgan_gp", 1e-4, (0.0, 0.9)),
     )
 }
 
@@ -89,7 +102,7 @@ def read_family(args: argparse.Namespace) -> Family:
     with open(folder / "model_index.json", encoding="utf-8") as f:
         index = json.load(f)
     for family in FAMILIES.values():
-        if index.get(family.component, [None, None])[1] == family.generator.__name__:
+        if index.get(family.component, [None, None])[1] == family.generator_name:
             return family
     raise ValueError(f"--model_config {args.model_config!r} names no GAN generator ({', '.join(FAMILIES)})")
 
@@ -121,8 +134,10 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--d_learning_rate must be > 0, got {args.d_learning_rate}")
 
 
-def build_models(args) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_models(args):
     """Generator and discriminator from a saved run (fine-tuning) or from the config variant (fresh weights)."""
+    from custom_pipelines.hub.configs import load_component_config
+
     family = args.family
     if args.pretrained_model_name_or_path:
         path = args.pretrained_model_name_or_path
@@ -137,21 +152,6 @@ def build_models(args) -> tuple[torch.nn.Module, torch.nn.Module]:
     return generator, discriminator
 
 
-class GeneratorStep(torch.nn.Module):
-    """z → images (and StyleGAN's ws) in one forward, since DDP syncs gradients only through forward()."""
-
-    def __init__(self, model: torch.nn.Module, style_mixing_prob: float = 0.0):
-        super().__init__()
-        self.model, self.style_mixing_prob = model, style_mixing_prob
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not isinstance(self.model, StyleGANGenerator):
-            return self.model(z), None
-        # the second latent for mixing regularization is a fresh draw (global RNG, saved with checkpoints)
-        ws = self.model.sample_mixed_ws(z, torch.randn_like(z), self.style_mixing_prob)
-        return self.model.synthesis(ws, noise_mode="random"), ws
-
-
 def progan_phase(step: int, phase_steps: int, max_stage: int) -> tuple[int, float]:
     """(stage, α): stage 0 stabilizes, then every stage fades in over one phase and stabilizes over the next."""
     phase, into = divmod(step, phase_steps)
@@ -160,15 +160,11 @@ def progan_phase(step: int, phase_steps: int, max_stage: int) -> tuple[int, floa
     return stage, (into / phase_steps if fading else 1.0)
 
 
-def progan_reals(images: torch.Tensor, stage: int, alpha: float) -> torch.Tensor:
-    """Reals at the stage's resolution, blended with the previous resolution while it fades in (Karras 2018 §A.1)."""
-    images = F.adaptive_avg_pool2d(images, 4 * 2**stage)
-    if alpha < 1.0:
-        images = torch.lerp(F.interpolate(F.avg_pool2d(images, 2), scale_factor=2, mode="nearest"), images, alpha)
-    return images
+def make_optimizer(model, args: argparse.Namespace, lr: float):
+    import torch
 
+    from training.core import adamw
 
-def make_optimizer(model: torch.nn.Module, args: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
     if args.loss == "wgan":  # Arjovsky et al. 2017: momentum-based optimizers destabilize weight-clipped WGAN
         return torch.optim.RMSprop(model.parameters(), lr=lr)
     elif args.loss in ("ns_r1", "wgan_gp"):
@@ -178,6 +174,14 @@ def make_optimizer(model: torch.nn.Module, args: argparse.Namespace, lr: float) 
 
 
 def main(args: argparse.Namespace) -> str:
+    import torch
+    import torch.nn.functional as F
+    from accelerate.utils import DistributedDataParallelKwargs, DynamoBackend
+
+    from custom_pipelines.gan.losses import gan_losses
+    from custom_pipelines.gan.training_utils import GeneratorForward, progan_reals
+    from training.core import Trainer, create_accelerator
+
     family = args.family
     accelerator = create_accelerator(args)
     penalty = {"ns_r1": args.r1_gamma, "wgan_gp": args.gp_lambda}.get(args.loss, 0.0)
@@ -199,13 +203,13 @@ def main(args: argparse.Namespace) -> str:
     n_critic = args.n_critic or losses.discriminator_steps
     z_dim = generator.config.z_dim
 
-    def set_growth(trainer: Trainer) -> tuple[int, float]:
+    def set_growth(trainer) -> tuple[int, float]:
         stage, alpha = progan_phase(trainer.global_step, args.phase_steps, generator.max_stage)
         for model in (generator, discriminator):
             model.stage, model.fade_in_alpha = stage, alpha
         return stage, alpha
 
-    def training_step(trainer: Trainer, batch: dict) -> dict:
+    def training_step(trainer, batch: dict) -> dict:
         reals, step = batch["pixel_values"], trainer.global_step
         if family.name == "progan":
             reals = progan_reals(reals, *set_growth(trainer))
@@ -227,10 +231,10 @@ def main(args: argparse.Namespace) -> str:
             logs["g_loss"] = g_loss.detach()
         return logs
 
-    def pipeline(trainer: Trainer):
+    def pipeline(trainer):
         return family.pipeline(**{family.component: trainer.unwrap("generator").model})
 
-    def sample_images(trainer: Trainer) -> torch.Tensor:
+    def sample_images(trainer) -> torch.Tensor:
         kwargs = {"truncation_psi": args.truncation_psi} if family.name == "stylegan" else {}
         generator_rng = torch.Generator(trainer.device).manual_seed(args.seed)
         images = pipeline(trainer)(
@@ -238,14 +242,14 @@ def main(args: argparse.Namespace) -> str:
         ).images
         return F.interpolate(images, size=resolution, mode="nearest")  # ProGAN samples at its current resolution
 
-    def save_pipeline(trainer: Trainer, output_dir: str) -> None:
+    def save_pipeline(trainer, output_dir: str) -> None:
         if family.name == "progan":  # saved models sample at their final resolution
             for model in (generator, discriminator):
                 model.stage, model.fade_in_alpha = model.max_stage, 1.0
         pipeline(trainer).save_pretrained(output_dir)
         trainer.unwrap("discriminator").save_pretrained(f"{output_dir}/discriminator")
 
-    g_step = GeneratorStep(generator, args.style_mixing_prob)
+    g_step = GeneratorForward(generator, args.style_mixing_prob)
     trainer = Trainer(
         args,
         accelerator,
@@ -261,8 +265,8 @@ def main(args: argparse.Namespace) -> str:
         image_channels=generator.config.img_channels,
         resolution=resolution,
         family=family.name,
-        pipeline_class=family.pipeline.__name__,
-        description=f"{family.name} ({family.generator.__name__}, loss {args.loss}) trained on "
+        pipeline_class=family.pipeline_name,
+        description=f"{family.name} ({family.generator_name}, loss {args.loss}) trained on "
         f"{args.dataset_name or args.train_data_dir}.",
     )
     if family.name == "progan" and trainer.max_train_steps <= args.phase_steps * 2 * generator.max_stage:
@@ -276,7 +280,4 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except ValueError as err:  # bad input: say what is wrong, no stack trace
-        sys.exit(f"error: {err}")
+    run_cli(lambda: main(parse_args()))

@@ -1,39 +1,29 @@
-"""Sample-quality evaluation: metrics (FID, KID, precision/recall, IS), feature extractors and the CLI."""
+"""Sample-quality evaluation: metrics (FID, KID, precision/recall, IS), feature extractors and the CLI.
 
-from custom_pipelines.evaluation.digits_classifier import (
-    DigitsClassifier,
-    DigitsFeatureExtractor,
-    load_digits_classifier,
-    train_digits_classifier,
-)
-from custom_pipelines.evaluation.evaluator import build_feature_extractor, evaluate_pipeline, sample_images
-from custom_pipelines.evaluation.features import FeatureExtractor, load_digits_images, reference_features
-from custom_pipelines.evaluation.inception import InceptionFeatureExtractor, InceptionV3FID, load_inception_fid
-from custom_pipelines.evaluation.metrics import (
-    GaussianStatistics,
-    frechet_distance,
-    inception_score,
-    kernel_inception_distance,
-    precision_recall,
-)
+Names are imported on first use (`custom_pipelines.lazy`), so the CLI parses its flags before torch is loaded.
+"""
 
-__all__ = [
-    "DigitsClassifier",
-    "DigitsFeatureExtractor",
-    "FeatureExtractor",
-    "GaussianStatistics",
-    "InceptionFeatureExtractor",
-    "InceptionV3FID",
-    "build_feature_extractor",
-    "evaluate_pipeline",
-    "frechet_distance",
-    "inception_score",
-    "kernel_inception_distance",
-    "load_digits_classifier",
-    "load_digits_images",
-    "load_inception_fid",
-    "precision_recall",
-    "reference_features",
-    "sample_images",
-    "train_digits_classifier",
-]
+from custom_pipelines.lazy import lazy_exports
+
+_PUBLIC = {
+    "DigitsClassifier": ".digits_classifier",
+    "DigitsFeatureExtractor": ".digits_classifier",
+    "load_digits_classifier": ".digits_classifier",
+    "train_digits_classifier": ".digits_classifier",
+    "build_feature_extractor": ".evaluator",
+    "evaluate_pipeline": ".evaluator",
+    "sample_images": ".evaluator",
+    "FeatureExtractor": ".features",
+    "load_digits_images": ".features",
+    "reference_features": ".features",
+    "InceptionFeatureExtractor": ".inception",
+    "InceptionV3FID": ".inception",
+    "load_inception_fid": ".inception",
+    "GaussianStatistics": ".metrics",
+    "frechet_distance": ".metrics",
+    "inception_score": ".metrics",
+    "kernel_inception_distance": ".metrics",
+    "precision_recall": ".metrics",
+}
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -10,24 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 
-import torch
-
-from custom_pipelines.evaluation.evaluator import build_feature_extractor, evaluate_pipeline
-from custom_pipelines.io import write_json
-from custom_pipelines.pipelines.fast_sampling import add_fast_sampling_args, apply_fast_sampling_args
-from custom_pipelines.schedulers import SCHEDULER_NAMES, scheduler_from_name
-
-
-def _class_labels(value: str | None, num_classes: int) -> list[int] | None:
-    """`"all"` → 0..num_classes-1 (cycled, so balanced); `"3,5"` → [3, 5]; `None`/`"none"` → unconditional."""
-    if value is None or value == "none":
-        return None
-    if value == "all":
-        return list(range(num_classes))
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise ValueError(f"--class_labels must be 'all', 'none' or comma-separated ints, got {value!r}") from None
+from custom_pipelines.cli import (
+    add_fast_sampling_args,
+    add_timesteps_args,
+    parse_class_labels,
+    resolve_timesteps_args,
+    run_cli,
+)
+from custom_pipelines.options import SCHEDULER_NAMES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,9 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--digits_cache_dir", default=None, help="where the digits classifier is cached")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="sampler steps (pipeline default)")
     parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="swap in one of our samplers")
-    parser.add_argument(
-        "--timesteps", type=int, nargs="+", default=None, help="custom schedule (see optimize_timesteps)"
-    )
+    add_timesteps_args(parser)
     parser.add_argument("--guidance_scale", type=float, default=None, help="for guided pipelines")
     add_fast_sampling_args(parser)
     parser.add_argument("--class_labels", default=None, help="'all' (balanced), 'none' or e.g. '3,5'")
@@ -56,19 +44,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kid_subset_size", type=int, default=1000)
     parser.add_argument("--pr_k", type=int, default=3, help="k of the k-NN manifolds for precision/recall")
     parser.add_argument("--fid_method", default="sqrtm", choices=["sqrtm", "eigh"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--output", default=None, help="write the metrics to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    resolve_timesteps_args(args)
+    return args
+
+
+def default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args: argparse.Namespace) -> dict:
     """Load the pipeline, evaluate it, print a table and write the JSON; returns the metrics dict."""
+    from custom_pipelines.evaluation.evaluator import build_feature_extractor, evaluate_pipeline
     from custom_pipelines.hub.loader import load_pipeline
+    from custom_pipelines.io import write_json
+    from custom_pipelines.pipelines.fast_sampling import apply_fast_sampling_args
+    from custom_pipelines.schedulers import scheduler_from_name
 
+    args.device = default_device(args.device)
     pipe = load_pipeline(args.pipeline).to(args.device)
     if args.scheduler is not None:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
-    apply_fast_sampling_args(pipe, args)
+    dtype = apply_fast_sampling_args(pipe, args)
     pipe.set_progress_bar_config(disable=True)
     extractor = args.feature_extractor
     if extractor == "inception":
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
         extractor=extractor,
         batch_size=args.batch_size,
         seed=args.seed,
-        class_labels=_class_labels(args.class_labels, args.num_classes),
+        class_labels=parse_class_labels(args.class_labels, args.num_classes),
         reference_num_samples=args.reference_num_samples,
         reference_split=args.reference_split,
         kid_subsets=args.kid_subsets,
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     metrics = {**metrics, "pipeline": args.pipeline, "num_inference_steps": args.num_inference_steps}
     metrics["scheduler"] = type(pipe.scheduler).__name__
-    metrics["torch_dtype"], metrics["compile"] = args.torch_dtype, args.compile
+    metrics["torch_dtype"] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(dtype).split(".")[-1]]
+    metrics["compile"] = args.compile
     if args.timesteps is not None:
         metrics["timesteps"] = " ".join(map(str, args.timesteps))
     print(format_table(metrics))
@@ -124,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

@@ -8,15 +8,11 @@ the learned "null" class that stands for "no class" (the unconditional branch of
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from diffusers import UNet2DModel
 
+from ..options import CONDITIONING_METHODS, ConditioningMethod
 from .unet_class_concat import _UNET_KEYS, ClassConcatUNet2DModel
-
-ConditioningMethod = Literal["embedding", "concat"]
-CONDITIONING_METHODS = get_args(ConditioningMethod)
 
 
 def conditioning_method(unet: torch.nn.Module) -> ConditioningMethod:

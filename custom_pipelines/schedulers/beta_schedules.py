@@ -11,12 +11,10 @@ schedulers call it with `dtype=torch.float32`, which reproduces diffusers' float
 """
 
 import math
-from typing import Literal, get_args
 
 import torch
 
-BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "cosine", "sigmoid"]
-BETA_SCHEDULES = get_args(BetaSchedule)
+from ..options import BETA_SCHEDULES, BetaSchedule  # noqa: F401  (re-exported)
 
 
 def linear_beta_schedule(

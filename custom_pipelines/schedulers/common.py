@@ -8,13 +8,12 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
+# Each option is a Literal (for signatures) and the tuple of its values (for validation), defined once.
+from ..options import PREDICTION_TYPES, PredictionType  # noqa: F401  (re-exported)
 from .beta_schedules import alphas_cumprod_from_betas, betas_from_config
 
-# Each option is a Literal (for signatures) and the tuple of its values (for validation), defined once.
-PredictionType = Literal["epsilon", "sample", "v_prediction"]
 TimestepSpacing = Literal["linspace", "leading", "trailing"]
 VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
-PREDICTION_TYPES = get_args(PredictionType)
 TIMESTEP_SPACINGS = get_args(TimestepSpacing)
 VARIANCE_TYPES = get_args(VarianceType)
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")

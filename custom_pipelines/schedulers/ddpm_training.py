@@ -8,15 +8,16 @@ Mixed into `DDPMAncestralScheduler`, which provides `betas`, `alphas_cumprod`, `
 
 import torch
 
+from ..options import LOSS_TYPES
 from .common import LEARNED_VARIANCE_TYPES, VARIANCE_TYPES, expand_to, predict_original_sample
 from .losses import (
     discretized_gaussian_log_likelihood,
+    mean_flat,
+    min_snr_weights,
     nats_to_bits_per_dim,
     normal_kl,
     standard_normal_prior_kl,
 )
-
-LOSS_TYPES = ("simple", "hybrid")
 
 
 class DDPMTrainingMixin:
@@ -121,13 +122,24 @@ class DDPMTrainingMixin:
         return nats_to_bits_per_dim(standard_normal_prior_kl(alpha_prod.sqrt() * sample, torch.log(1 - alpha_prod)))
 
     def loss_simple(
-        self, model_output: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        snr_gamma: float | None = None,
     ) -> torch.Tensor:
         """L_simple (Ho et al. 2020, eq. 14): mean squared error between the mean part of the output and the
-        `training_target` (ε, x_0 or v), averaged over all elements."""
+        `training_target` (ε, x_0 or v), averaged over all elements; with `snr_gamma` each example is weighted by
+        Min-SNR-γ (Hang et al. 2023; γ = 5 in the paper)."""
         mean_output, _ = self._split_model_output(model_output, sample)
         target = self.training_target(sample, noise, timesteps)
-        return torch.mean((mean_output.float() - target.float()) ** 2)
+        if snr_gamma is None:
+            return torch.mean((mean_output.float() - target.float()) ** 2)
+        t = self._train_timesteps(timesteps, sample)
+        alpha_prod_t = self._alphas_cumprod_64.to(sample.device)[t]
+        weights = min_snr_weights(alpha_prod_t, snr_gamma, self.config.prediction_type).float()
+        return torch.mean(weights * mean_flat((mean_output.float() - target.float()) ** 2))
 
     def training_losses(
         self,
@@ -137,6 +149,7 @@ class DDPMTrainingMixin:
         timesteps: torch.Tensor,
         loss_type: str = "simple",
         vlb_weight: float = 0.001,
+        snr_gamma: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training loss for one batch, where `model_output = model(add_noise(sample, noise, t), t)`.
 
@@ -151,13 +164,14 @@ class DDPMTrainingMixin:
             vlb_weight (`float`, defaults to 0.001): λ. L_vlb = Σ_t L_t is estimated as T · mean_batch(L_t) in
                 bits/dim, so with T = 1000 and λ = 0.001 each example's L_t gets weight 1, as in improved-diffusion.
                 The gradient of L_vlb reaches only the variance output: the mean is detached (stop-gradient).
+            snr_gamma (`float`, *optional*): weight L_simple per example by Min-SNR-γ (Hang et al. 2023); None: off.
 
         Returns:
             `dict` with scalar tensors `loss`, `loss_simple` and `loss_vlb` (0 for "simple").
         """
         check_loss_options(loss_type, vlb_weight, self.variance_type)
         timesteps = self._train_timesteps(timesteps, sample)
-        loss_simple = self.loss_simple(model_output, sample, noise, timesteps)
+        loss_simple = self.loss_simple(model_output, sample, noise, timesteps, snr_gamma=snr_gamma)
         if loss_type == "simple":
             zero = torch.zeros((), device=loss_simple.device, dtype=loss_simple.dtype)
             return {"loss": loss_simple, "loss_simple": loss_simple, "loss_vlb": zero}

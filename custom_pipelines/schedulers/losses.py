@@ -61,3 +61,23 @@ def discretized_gaussian_log_likelihood(
 def standard_normal_prior_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, e^logvar) ‖ N(0, I)) per element: the prior term L_T of Ho et al. 2020, eq. 5."""
     return normal_kl(mean, logvar, torch.zeros_like(mean), torch.zeros_like(logvar))
+
+
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-example loss weights of Min-SNR-γ (Hang et al. 2023, eq. 11), for a loss on the `prediction_type` target.
+
+    With SNR(t) = ᾱ_t / (1 − ᾱ_t), the x_0-loss weight is min(SNR, γ); an ε-loss equals SNR · the x_0-loss and a
+    v-loss (SNR + 1) · the x_0-loss, so their weights are min(SNR, γ)/SNR and min(SNR, γ)/(SNR + 1). Clamping at γ
+    stops the nearly clean timesteps from dominating the gradient, which speeds up convergence."""
+    if not gamma > 0:
+        raise ValueError(f"snr_gamma must be > 0, got {gamma}")
+    snr = alphas_cumprod_t / (1 - alphas_cumprod_t)
+    clamped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clamped / snr
+    elif prediction_type == "sample":
+        return clamped
+    elif prediction_type == "v_prediction":
+        return clamped / (snr + 1)
+    else:
+        raise ValueError(f"prediction_type must be epsilon, sample or v_prediction, got {prediction_type!r}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from ..options import SCHEDULER_NAMES
 from .scheduling_ddim_eta import DDIMEtaScheduler
 from .scheduling_ddpm_ancestral import DDPMAncestralScheduler
 from .scheduling_dpmsolver_2m import DPMSolver2MScheduler
-
-SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver")
 
 
 def scheduler_from_name(name: str, config: dict, **overrides):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from custom_pipelines.gan.dcgan import DCGANCritic, DCGANGenerator
 from custom_pipelines.gan.progan import ProGANDiscriminator, ProGANGenerator
 from custom_pipelines.gan.stylegan import StyleGANDiscriminator, StyleGANGenerator
+from custom_pipelines.gan.training_utils import progan_reals
 from custom_pipelines.pipelines.pipeline_gan import GANPipeline
 from custom_pipelines.pipelines.pipeline_stylegan import StyleGANPipeline
 from training import train_gan
@@ -115,12 +116,10 @@ def test_progan_schedule():
         (2, 1.0),
     ]
     reals = torch.rand(2, 1, 8, 8)
-    torch.testing.assert_close(train_gan.progan_reals(reals, 1, 1.0), reals)
+    torch.testing.assert_close(progan_reals(reals, 1, 1.0), reals)
     low = torch.nn.functional.avg_pool2d(reals, 2)
-    torch.testing.assert_close(train_gan.progan_reals(reals, 0, 1.0), low)
-    torch.testing.assert_close(
-        train_gan.progan_reals(reals, 1, 0.0), low.repeat_interleave(2, 2).repeat_interleave(2, 3)
-    )
+    torch.testing.assert_close(progan_reals(reals, 0, 1.0), low)
+    torch.testing.assert_close(progan_reals(reals, 1, 0.0), low.repeat_interleave(2, 2).repeat_interleave(2, 3))
 
 
 def test_dcgan_wgan_keeps_critic_weights_clipped(configs, tmp_path):

@@ -1,20 +1,24 @@
-"""The shared trainer core: flags, accelerate setup, data, EMA, checkpoints, logging, validation, model card, hub."""
+"""The shared trainer core: flags, accelerate setup, data, EMA, checkpoints, logging, validation, model card, hub.
 
-from .args import add_common_args, validate_common_args
-from .checkpoint import list_checkpoints, resolve_checkpoint
-from .reporting import image_grid, plot_loss_curve, read_metrics
-from .trainer import SUMMARY_FILE, Trainer, adamw, create_accelerator
+Names are imported on first use, so a script's `--help` (which needs only `training.core.args`) answers before
+torch, diffusers and accelerate are imported.
+"""
 
-__all__ = [
-    "SUMMARY_FILE",
-    "Trainer",
-    "adamw",
-    "add_common_args",
-    "create_accelerator",
-    "image_grid",
-    "list_checkpoints",
-    "plot_loss_curve",
-    "read_metrics",
-    "resolve_checkpoint",
-    "validate_common_args",
-]
+from custom_pipelines.lazy import lazy_exports
+
+_PUBLIC = {
+    "SUMMARY_FILE": ".trainer",
+    "Trainer": ".trainer",
+    "adamw": ".trainer",
+    "add_common_args": ".args",
+    "create_accelerator": ".trainer",
+    "image_grid": ".reporting",
+    "list_checkpoints": ".checkpoint",
+    "plot_loss_curve": ".reporting",
+    "read_metrics": ".reporting",
+    "resolve_checkpoint": ".checkpoint",
+    "validate_common_args": ".args",
+}
+__all__ = sorted(_PUBLIC)
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from custom_pipelines.models.attention import ATTENTION_BACKENDS
+from custom_pipelines.options import ATTENTION_BACKENDS, MIXED_PRECISION_CHOICES
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
 FINETUNE_LR_FACTOR = 0.1  # fine-tuning starts from good weights: a 10× smaller default step keeps them
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -52,7 +51,12 @@ def add_common_args(
     opt.add_argument("--adam_weight_decay", type=float, default=0.0)
     opt.add_argument("--adam_epsilon", type=float, default=1e-8)
     opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    opt.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION)
+    opt.add_argument(
+        "--mixed_precision",
+        default="auto",
+        choices=MIXED_PRECISION_CHOICES,
+        help="auto: bf16 where the device runs it natively (CUDA ≥ sm80, CPUs with AVX-512-BF16/AMX), else fp32 (no)",
+    )
     opt.add_argument(
         "--ddp_timeout", type=int, default=1800, help="seconds a multi-process collective may wait before failing"
     )
@@ -60,7 +64,7 @@ def add_common_args(
         "--attention_backend",
         default="auto",
         choices=ATTENTION_BACKENDS,
-        help="attention layers: 'auto' = plain matmuls on CPU (faster backward at small sizes), SDPA on GPU",
+        help="attention layers: 'auto' = plain matmuls for bf16 on CPU (faster backward at small sizes), else SDPA",
     )
     opt.add_argument(
         "--compile_check",
@@ -138,3 +142,12 @@ def validate_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--eval_feature_extractor inception needs --eval_inception_weights (nothing is downloaded)")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ddpm-digits)")
+
+
+def check_resolution(unet, resolution: int) -> None:
+    """`--resolution` must be divisible by the UNet's total downsampling factor (2 per extra block)."""
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if resolution % factor != 0:
+        raise ValueError(
+            f"--resolution must be divisible by the UNet's downsampling factor {factor}, got {resolution}"
+        )

@@ -1,0 +1,95 @@
+"""Every shell command in README.md and docs/ parses with its script's own parser: the flags exist, the required
+ones are given, the values pass the scripts' checks. Commands with a `...` placeholder are skipped; files a
+command reads that an earlier documented command writes (a run folder, a timesteps JSON) may be missing."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PARSERS = {  # how a command names its entry point → the module whose parse_args(argv) checks it
+    "training/train_ddpm.py": "training.train_ddpm",
+    "training/train_cfg.py": "training.train_cfg",
+    "training/train_gan.py": "training.train_gan",
+    "training/sample.py": "training.sample",
+    "training.sample": "training.sample",
+    "custom_pipelines.evaluate": "custom_pipelines.evaluation.cli",
+    "custom_pipelines.optimize_timesteps": "custom_pipelines.optimize_timesteps",
+}
+PREFIXES = ("python ", "python3 ", "accelerate launch ", "make ", "ACCELERATE_USE_CPU=", "OMP_NUM_THREADS=")
+# errors about inputs that an earlier command of the same doc produces, not about the command line itself
+LATER_FILES = ("does not exist", "neither a local pipeline folder")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(where, command) for every command in a ```bash block or an inline `code span` that starts like one."""
+    found = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" # ")[0].strip()
+                if line.startswith(PREFIXES):
+                    found.append((path.name, line))
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for span in re.findall(r"`([^`]+)`", prose):
+            span = " ".join(span.split())
+            # a span that names an entry point and gives it flags is a command; a bare name is a mention
+            names_entry = re.search(r"(\.py|-m [\w.]+) +-", span)
+            if names_entry and (span.startswith(PREFIXES) or span.startswith("training/train_")):
+                found.append((path.name, span))
+    return [(where, cmd) for where, cmd in found if "..." not in cmd and "…" not in cmd]
+
+
+def entry_point(command: str) -> tuple[str | None, list[str]]:
+    """(entry point, its argv) of a shell command; None for commands that name no Python entry of ours."""
+    tokens = [t for t in shlex.split(command.replace("\\|", "|")) if not re.match(r"^[A-Z_]+=", t)]
+    if tokens[:2] == ["accelerate", "launch"]:
+        from accelerate.commands.launch import launch_command_parser
+
+        launch = launch_command_parser().parse_args(tokens[2:])  # accelerate's own flags must be right too
+        return launch.training_script, launch.training_script_args
+    if tokens[0] in ("python", "python3"):
+        if tokens[1] == "-m":
+            return tokens[2], tokens[3:]
+        return tokens[1], tokens[2:]
+    if tokens[0].startswith("training/"):
+        return tokens[0], tokens[1:]
+    return None, tokens
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_have_commands_to_check():
+    entries = {entry_point(cmd)[0] for _, cmd in COMMANDS}
+    assert {"training/train_ddpm.py", "training/train_gan.py", "custom_pipelines.evaluate"} <= entries
+
+
+@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[f"{w}:{c[:60]}" for w, c in COMMANDS])
+def test_documented_command_parses(where, command):
+    script, argv = entry_point(command)
+    if script is None:  # make targets must exist
+        assert argv[0] == "make", f"{where}: unrecognised command {command!r}"
+        makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+        for target in [a for a in argv[1:] if "=" not in a]:
+            assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"{where}: no make target {target}"
+        return
+    if script.startswith("benchmarks/"):
+        assert (ROOT / script).is_file(), f"{where}: {script} does not exist"
+        return
+    assert script in PARSERS, f"{where}: {script} is not a known entry point ({command!r})"
+    module = importlib.import_module(PARSERS[script])
+    try:
+        module.parse_args(argv)
+    except SystemExit as err:  # argparse: unknown flag, bad choice, missing required flag
+        pytest.fail(f"{where}: `{command}` does not parse (exit {err.code}); see the error above")
+    except ValueError as err:
+        if not any(reason in str(err) for reason in LATER_FILES):
+            pytest.fail(f"{where}: `{command}` is rejected: {err}")
