@@ -58,7 +58,7 @@ def train(args) -> float:
         "--dataset_name", "digits", "--output_dir", args.run_dir, "--model_config", "cfg-digits-16",
         "--conditioning", args.conditioning, "--conditioning_dropout", "0.1",
         "--max_train_steps", str(args.max_train_steps), "--train_batch_size", "64", "--learning_rate", "1e-3",
-        "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--mixed_precision", "bf16",
+        "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--mixed_precision", "auto",
         "--checkpointing_steps", "100000", "--validation_steps", "100000", "--num_validation_images", "20",
         "--num_inference_steps", "25", "--report_to", "none", "--seed", str(args.seed),
     ]  # fmt: skip

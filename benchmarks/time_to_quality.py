@@ -52,17 +52,16 @@ class Recipe:
     mixed_precision: str = "auto"
 
 
-OURS = Recipe()  # make demo: lr 1e-3 cosine, 100 warm-up steps, EMA power 0.75, batch 64
+OURS = Recipe(batch_size=32, snr_gamma=5.0)  # make demo: lr 1e-3 cosine, 100 warm-up steps, EMA power 0.75
 RECIPES = {
     "stock": Recipe(stock=True, learning_rate=1e-4, lr_warmup_steps=500, mixed_precision="no"),
     "ours": OURS,
-    "ours_minsnr": replace(OURS, snr_gamma=5.0),
+    "ours_bs64": replace(OURS, batch_size=64),
+    "ours_no_minsnr": replace(OURS, snr_gamma=None),
+    "ours_bs64_no_minsnr": replace(OURS, batch_size=64, snr_gamma=None),  # the make demo recipe before
     "ours_v": replace(OURS, prediction_type="v_prediction"),
-    "ours_v_minsnr": replace(OURS, prediction_type="v_prediction", snr_gamma=5.0),
     "ours_lr2e-3": replace(OURS, learning_rate=2e-3),
-    "ours_bs32": replace(OURS, batch_size=32),
-    "ours_bs128": replace(OURS, batch_size=128),
-    "ours_bs32_minsnr": replace(OURS, batch_size=32, snr_gamma=5.0),
+    "ours_bs16": replace(OURS, batch_size=16),
     "ours_narrow": replace(OURS, unet_overrides={"block_out_channels": [32, 48, 64]}),
 }
 

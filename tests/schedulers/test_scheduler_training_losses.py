@@ -9,6 +9,7 @@ from torch.distributions import Normal, kl_divergence
 from custom_pipelines.schedulers.losses import (
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
+    min_snr_weights,
     normal_kl,
 )
 from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
@@ -168,3 +169,31 @@ def test_sample_training_timesteps_cover_the_full_schedule():
     assert t.dtype == torch.int64 and t.min() == 0 and t.max() == 999 and len(t.unique()) > 900
     again = scheduler.sample_training_timesteps(5000, generator=torch.Generator().manual_seed(0))
     assert torch.equal(t, again)
+
+
+def test_min_snr_weights_known_values_and_bad_input():
+    """Hang et al. 2023: SNR = ᾱ/(1−ᾱ); x_0-loss weight min(SNR, γ), ε-loss /SNR, v-loss /(SNR + 1)."""
+    alpha = torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)  # SNR 1, 9, 99
+    torch.testing.assert_close(min_snr_weights(alpha, 5.0, "sample"), torch.tensor([1.0, 5.0, 5.0]).double())
+    torch.testing.assert_close(min_snr_weights(alpha, 5.0, "epsilon"), torch.tensor([1.0, 5 / 9, 5 / 99]).double())
+    torch.testing.assert_close(min_snr_weights(alpha, 5.0, "v_prediction"), torch.tensor([0.5, 0.5, 0.05]).double())
+    with pytest.raises(ValueError, match="snr_gamma must be > 0"):
+        min_snr_weights(alpha, 0.0, "epsilon")
+    with pytest.raises(ValueError, match="prediction_type must be"):
+        min_snr_weights(alpha, 5.0, "flow")
+
+
+def test_min_snr_loss_weights_each_example_and_reduces_to_l_simple():
+    scheduler = DDPMAncestralScheduler(num_train_timesteps=1000)
+    g = torch.Generator().manual_seed(0)
+    clean, noise, output = (torch.randn(4, 1, 8, 8, generator=g) for _ in range(3))
+    timesteps = torch.tensor([0, 10, 500, 999])
+    plain = scheduler.training_losses(output, clean, noise, timesteps)["loss"]
+    huge = scheduler.training_losses(output, clean, noise, timesteps, snr_gamma=1e9)["loss"]
+    torch.testing.assert_close(huge, plain)  # ε-prediction: weight 1 wherever SNR < γ
+    weighted = scheduler.training_losses(output, clean, noise, timesteps, snr_gamma=5.0)["loss"]
+    alpha = scheduler.alphas_cumprod[timesteps].double()
+    per_example = ((output - noise) ** 2).flatten(1).mean(1).double()
+    expected = (min_snr_weights(alpha, 5.0, "epsilon") * per_example).mean()
+    torch.testing.assert_close(weighted.double(), expected, rtol=1e-5, atol=1e-6)
+    assert weighted < plain  # the nearly clean t = 0, 10 examples are down-weighted
