@@ -6,10 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/ddpm-digits
-DEMO_STEPS ?= 2000
+DEMO_STEPS ?= 1500
 DEMO_BATCH ?= 32
 CFG_STEPS ?= 600
-GAN_STEPS ?= 1500
+GAN_STEPS ?= 3000
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -58,7 +58,7 @@ demo-cfg: $(STAMP)
 demo-gan: $(STAMP)
 	$(LAUNCH) training/train_gan.py --model_config dcgan-digits-16 --dataset_name digits \
 		--output_dir runs/dcgan-digits --max_train_steps $(GAN_STEPS) --train_batch_size 64 --loss ns_r1 \
-		--learning_rate 2e-4 --adam_beta1 0.5 --adam_beta2 0.999 --r1_gamma 0.1 --checkpointing_steps 1000 \
+		--learning_rate 3e-4 --adam_beta1 0.5 --adam_beta2 0.999 --r1_gamma 0.1 --checkpointing_steps 1000 \
 		--checkpoints_total_limit 1 --validation_steps 500 --num_validation_images 36
 	$(BIN)/python -m training.sample --pipeline runs/dcgan-digits --num_images 64 --output runs/dcgan-digits/samples.png
 

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> dict:
         timesteps=args.timesteps,
     )
     metrics = {**metrics, "pipeline": args.pipeline, "num_inference_steps": args.num_inference_steps}
-    metrics["scheduler"] = type(pipe.scheduler).__name__
+    scheduler = pipe.components.get("scheduler")  # GAN pipelines have none
+    metrics["scheduler"] = type(scheduler).__name__ if scheduler is not None else None
     metrics["torch_dtype"] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(dtype).split(".")[-1]]
     metrics["compile"] = args.compile
     if args.timesteps is not None:

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import runpy
 import sys
 
@@ -163,3 +164,29 @@ def main_metrics(argv, tmp_path):
     output = tmp_path / "metrics.json"
     assert main([*argv, "--output", str(output)]) == 0
     return json.loads(output.read_text())
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_cli_on_a_gan_pipeline_without_scheduler(tmp_path, digits_cache):
+    """GAN pipelines have no scheduler: the CLI records None instead of failing with an AttributeError."""
+    from custom_pipelines import DCGANGenerator, GANPipeline
+    from custom_pipelines.hub.configs import load_component_config
+
+    torch.manual_seed(0)
+    generator = DCGANGenerator.from_config(load_component_config("dcgan-digits-16", "gan_generator")).eval()
+    GANPipeline(gan_generator=generator).save_pretrained(tmp_path / "gan")
+    metrics = main_metrics(["--pipeline", str(tmp_path / "gan"), "--num_samples", "16", "--batch_size", "8"], tmp_path)
+    assert metrics["scheduler"] is None and math.isfinite(metrics["fid"]) and metrics["resolution"] == 16
+    with pytest.raises(ValueError, match=r"--timesteps_file .* does not exist"):
+        main(["--pipeline", str(tmp_path / "gan"), "--timesteps_file", str(tmp_path / "missing.json")])
+
+
+def test_cli_reports_a_missing_pipeline_in_one_line(tmp_path):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "custom_pipelines.evaluate", "--pipeline", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: pretrained_model_name_or_path=")

@@ -26,7 +26,7 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     InitProcessGroupKwargs,
     ProjectConfiguration,
-    broadcast_object_list,
+    gather_object,
     set_seed,
 )
 from diffusers.optimization import get_scheduler
@@ -47,20 +47,27 @@ SUMMARY_FILE = "training_summary.json"
 
 
 def resolve_run_precision(requested: str) -> PrecisionChoice:
-    """`--mixed_precision` (default `auto`) → what this run uses, decided on the main process and shared, so every
-    rank of a multi-process run computes in the same precision whatever its own timing probe said."""
-    state = PartialState()
-    choice = None
-    if state.is_main_process:
-        try:
-            choice = resolve_mixed_precision(requested, state.device)
-        except ValueError as err:
-            choice = err
-    if state.num_processes > 1:
-        choice = broadcast_object_list([choice], from_process=0)[0]
-    if isinstance(choice, ValueError):
-        raise ValueError(f"--{choice}")
-    return choice
+    """`--mixed_precision` (default `auto`) → what this run uses on the device accelerate will pick.
+
+    Resolved before the Accelerator exists (it takes the precision at construction), so the device is read from
+    the launch environment; `create_accelerator` then checks that every rank chose the same."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    device = torch.device("cpu") if use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        return resolve_mixed_precision(requested, device)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
+
+
+def _check_ranks_agree(accelerator: Accelerator, choice: PrecisionChoice) -> None:
+    if accelerator.num_processes == 1:
+        return
+    choices = gather_object([choice.mixed_precision])
+    if len(set(choices)) > 1:
+        raise ValueError(
+            f"--mixed_precision {choice.requested}: the ranks chose different precisions {choices} (their timing "
+            "probes disagreed); pass --mixed_precision bf16 or no explicitly"
+        )
 
 
 def create_accelerator(args) -> Accelerator:
@@ -80,6 +87,7 @@ def create_accelerator(args) -> Accelerator:
             InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=getattr(args, "ddp_timeout", 1800)))
         ],
     )
+    _check_ranks_agree(accelerator, args.precision)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise; DDP syncs the initial weights
     logger.info(
