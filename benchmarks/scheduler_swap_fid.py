@@ -10,7 +10,6 @@ this checks the same on a trained model: every FID finite and near the default s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 
@@ -19,6 +18,7 @@ import torch
 
 from custom_pipelines import enable_fast_sampling, load_pipeline
 from custom_pipelines.evaluation import build_feature_extractor, evaluate_pipeline, reference_features
+from custom_pipelines.io import write_json
 from custom_pipelines.precision import cpu_capability
 
 SCHEDULERS = [
@@ -59,8 +59,7 @@ def main(argv=None) -> dict:
     result["machine"] = cpu_capability()
     if args.output:
         os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.output, result)
     return result
 
 

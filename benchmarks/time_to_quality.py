@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import platform
@@ -35,6 +34,7 @@ from diffusers.training_utils import EMAModel
 from custom_pipelines import DDPMAncestralScheduler, UnconditionalDiffusionPipeline, evaluate_pipeline
 from custom_pipelines.data import ImageTransform, load_image_dataset
 from custom_pipelines.hub.configs import load_component_config
+from custom_pipelines.io import write_json
 from custom_pipelines.models.attention import set_attention_backend
 from custom_pipelines.precision import cpu_capability, resolve_mixed_precision
 
@@ -210,8 +210,7 @@ def main(argv=None) -> dict:
         print(f"| {name} | {snaps[-1]['steps']} | {ms:.0f} | {snaps[-1]['fid']:.3f} | {reach:.0f} | {ratio:.2f} |")
     if args.output:
         os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.output, results)
     return results
 
 
