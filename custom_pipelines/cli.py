@@ -86,3 +86,10 @@ def parse_class_labels(value: str | None, num_classes: int) -> list[int] | None:
         return [int(v) for v in value.split(",")]
     except ValueError:
         raise ValueError(f"--class_labels must be 'all', 'none' or comma-separated ints, got {value!r}") from None
+
+
+def default_device(device: str | None) -> str:
+    """`--device`, or cuda when available, else cpu (torch is imported only here, after parsing)."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from custom_pipelines.cli import add_fast_sampling_args, parse_class_labels, run_cli
+from custom_pipelines.cli import add_fast_sampling_args, default_device, parse_class_labels, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from custom_pipelines.evaluation.cli import default_device
     from custom_pipelines.hub.loader import load_pipeline
     from custom_pipelines.io import write_json
     from custom_pipelines.pipelines.fast_sampling import apply_fast_sampling_args

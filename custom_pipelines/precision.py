@@ -17,7 +17,6 @@ An explicit `bf16` on a device without native support still works, but warns onc
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ import torch
 
 from .options import MIXED_PRECISION_CHOICES
 
-logger = logging.getLogger(__name__)
 # bf16 must beat fp32 by this much on the probe to count as native (native CPUs give 2-3×, emulation 0.01-0.5×)
 MIN_BF16_SPEEDUP = 1.2
 _PROBE_SIZE = 256  # 34 MFLOP: ≈ 0.1-0.3 ms native, ≈ 10-100 ms on a reference kernel

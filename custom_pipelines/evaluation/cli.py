@@ -13,6 +13,7 @@ import math
 from custom_pipelines.cli import (
     add_fast_sampling_args,
     add_timesteps_args,
+    default_device,
     parse_class_labels,
     resolve_timesteps_args,
     run_cli,
@@ -49,12 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     resolve_timesteps_args(args)
     return args
-
-
-def default_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args: argparse.Namespace) -> dict:
