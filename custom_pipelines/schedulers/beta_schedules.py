@@ -143,14 +143,21 @@ def _betas_from_config(
     if trained_betas is not None:
         betas = torch.tensor(trained_betas, dtype=torch.float32)
         if betas.ndim != 1 or len(betas) != num_train_timesteps:
+            # diffusers keeps num_train_timesteps and indexes the betas with timesteps in [0, num_train_timesteps):
+            # with fewer betas set_timesteps + step raise IndexError, with more the extra betas are never used
             raise ValueError(
-                f"trained_betas must be a list of num_train_timesteps={num_train_timesteps} floats, "
-                f"got shape {tuple(betas.shape)}"
+                f"trained_betas must be a list of num_train_timesteps={num_train_timesteps} floats, got shape "
+                f"{tuple(betas.shape)}; pass num_train_timesteps=len(trained_betas) (diffusers does not infer it: "
+                "its timesteps would index past fewer betas or ignore the extra ones)"
             )
     else:
         betas = make_beta_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end, dtype=torch.float32)
-    if not bool(((betas > 0) & (betas < 1)).all()):
-        raise ValueError(f"every beta must lie in (0, 1); got min {betas.min().item()} and max {betas.max().item()}")
+    # β = 1 (ᾱ = 0 from there on) is allowed as in diffusers: zero-terminal-SNR schedules end with it
+    if not bool(((betas > 0) & (betas <= 1)).all()):
+        raise ValueError(
+            f"every beta must lie in (0, 1]; got min {betas.min().item()} and max {betas.max().item()} (β <= 0 "
+            "stops noising, β_0 = 0 makes the step to x_0 divide 0 by 0; β > 1 makes ᾱ negative)"
+        )
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     return betas

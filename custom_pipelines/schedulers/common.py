@@ -44,15 +44,25 @@ def check_x0_options(
     dynamic_thresholding_ratio: float,
     sample_max_value: float,
     clip_sample_range: float = 1.0,
+    clip_sample: bool = True,
 ) -> None:
-    """Validates the config options that every scheduler here shares."""
+    """Validates the x̂_0 options every scheduler here shares, each only where it is used (as diffusers uses it).
+
+    The ranges are what diffusers' arithmetic gives a meaning to: torch.quantile needs a ratio in [0, 1];
+    s = clamp(quantile, 1, sample_max_value) divides x̂_0, so sample_max_value <= 0 divides by 0 or flips signs
+    (values in (0, 1) are fine: s is then sample_max_value itself); clip_sample_range <= 0 makes
+    clamp(x̂_0, −r, r) return 0 or the constant r for every pixel.
+    """
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
-        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
-    if thresholding and sample_max_value < 1:
-        raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
-    if clip_sample_range <= 0:
-        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+    if thresholding and not 0 <= dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in [0, 1], got {dynamic_thresholding_ratio}")
+    if thresholding and not sample_max_value > 0:
+        raise ValueError(f"sample_max_value must be > 0 (it divides x̂_0 when thresholding), got {sample_max_value}")
+    if clip_sample and not thresholding and not clip_sample_range > 0:
+        raise ValueError(
+            f"clip_sample_range must be > 0 when clip_sample=True (x̂_0 is clamped to ±clip_sample_range), "
+            f"got {clip_sample_range}"
+        )
 
 
 def check_spacing_options(timestep_spacing: str, steps_offset: int) -> None:
@@ -85,8 +95,10 @@ def spaced_timesteps(
     elif timestep_spacing == "leading":
         timesteps = (np.arange(n) * (T // n))[::-1] + steps_offset
     elif timestep_spacing == "trailing":
-        # round(T − i·T/n) − 1 for i < n; written without np.arange's float stop so it never yields n + 1 steps.
-        timesteps = np.round(T - np.arange(n) * (T / n)) - 1
+        # diffusers' exact float arithmetic (its rounding decides some entries by ±1). For some n (61 of T = 1000,
+        # ...) np.arange's float stop yields an (n+1)-th entry −1, on which diffusers' step reads ᾱ[−1] = ᾱ_{T−1}:
+        # that entry is dropped.
+        timesteps = (np.round(np.arange(T, 0, -T / n)) - 1)[:n]
     else:
         raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
     timesteps = timesteps.astype(np.int64)
@@ -230,8 +242,8 @@ class NoiseScheduleMixin:
 
 
 class SpacedTimestepsMixin:
-    """`set_timesteps` and `previous_timestep` of the DDPM/DDIM samplers, which step between consecutive entries
-    of `self.timesteps` (the last entry steps to x_0, marked by the previous timestep −1)."""
+    """`set_timesteps` and `previous_timestep` of the DDPM/DDIM samplers. By default a step goes to the next entry
+    of `self.timesteps` (the last entry steps to x_0, marked by the previous timestep −1), as diffusers' DDPM does."""
 
     def _set_schedule(self, timesteps: np.ndarray, device=None) -> None:
         self.timesteps = torch.from_numpy(timesteps.copy()).to(device)
@@ -262,9 +274,26 @@ class SpacedTimestepsMixin:
         self.num_inference_steps = len(schedule)
         self._set_schedule(schedule, device)
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The timestep after `timestep` in the current schedule, or −1 at the final step."""
+    def _next_scheduled_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The entry after `timestep` in `self.timesteps` (−1 after the last); refuses a timestep not in it."""
         t = int(timestep)
         if t not in self._previous:
-            raise ValueError(f"timestep {t} is not in the scheduler's timesteps; call set_timesteps first")
+            raise ValueError(
+                f"timestep {t} is not in the scheduler's timesteps ({len(self.timesteps)} from "
+                f"{int(self.timesteps[0])} to {int(self.timesteps[-1])}): a step goes to the next entry of the "
+                "schedule, which an off-schedule timestep does not have (diffusers' DDPMScheduler raises IndexError "
+                "there); call set_timesteps with a schedule that contains it"
+            )
         return self._previous[t]
+
+    def _previous_t(self, timestep: int | torch.Tensor) -> int:
+        """The timestep `step` goes to, as a Python int (−1: the step ends at x_0)."""
+        return self._next_scheduled_timestep(timestep)
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep a `step` from `timestep` goes to (−1: the step ends at x_0), typed as in diffusers'
+        `DDPMScheduler.previous_timestep`: a 0-d int64 tensor once `set_timesteps` was called, else
+        `timestep − 1` (an int for an int, a tensor for a tensor) on the full training schedule."""
+        if self.num_inference_steps is None:
+            return timestep - 1
+        return torch.tensor(self._previous_t(timestep), dtype=torch.int64, device=self.timesteps.device)

@@ -53,15 +53,18 @@ class DDPMAncestralScheduler(NoiseScheduleMixin, SpacedTimestepsMixin, DDPMTrain
         beta_start (`float`, defaults to 1e-4), beta_end (`float`, defaults to 0.02): ends of the β schedule.
         beta_schedule (`str`, defaults to `"linear"`): `"linear"`, `"scaled_linear"`, `"squaredcos_cap_v2"`
             (alias `"cosine"`) or `"sigmoid"`; see `beta_schedules.py`.
-        trained_betas (`list[float]`, *optional*): explicit betas, overriding the schedule.
+        trained_betas (`list[float]`, *optional*): explicit betas in (0, 1], overriding the schedule; exactly
+            `num_train_timesteps` of them (diffusers does not infer T from their length: it indexes past fewer betas
+            and ignores extra ones, so a mismatch is refused).
         variance_type (`str`, defaults to `"fixed_small"`): σ_t² of p(x_{t−1} | x_t): `"fixed_small"` (β̃'_t),
             `"fixed_large"` (β'_t), their `_log` twins (same values, computed in log space), `"learned"` (the
             model outputs σ² in its second C channels) or `"learned_range"` (the model outputs v in [−1, 1];
             log σ² = (v+1)/2 · log β'_t + (1−v)/2 · log β̃'_t, Nichol & Dhariwal eq. 15).
-        clip_sample (`bool`, defaults to `True`): clip x̂_0 to ±`clip_sample_range` (1.0).
+        clip_sample (`bool`, defaults to `True`): clip x̂_0 to ±`clip_sample_range` (1.0, > 0 when used).
         prediction_type (`str`, defaults to `"epsilon"`): `"epsilon"`, `"sample"` (x_0) or `"v_prediction"`.
         thresholding (`bool`, defaults to `False`): dynamic thresholding of x̂_0 (Saharia et al. 2022) with
-            `dynamic_thresholding_ratio` (0.995) and `sample_max_value` (1.0); overrides `clip_sample`.
+            `dynamic_thresholding_ratio` (0.995, in [0, 1]) and `sample_max_value` (1.0, > 0; below 1 it is the
+            threshold itself, as in diffusers); overrides `clip_sample`.
         timestep_spacing (`str`, defaults to `"leading"`): `"leading"`, `"trailing"` or `"linspace"`.
         steps_offset (`int`, defaults to 0): added to "leading" timesteps.
         rescale_betas_zero_snr (`bool`, defaults to `False`): zero terminal SNR (Lin et al. 2023); needs
@@ -93,7 +96,7 @@ class DDPMAncestralScheduler(NoiseScheduleMixin, SpacedTimestepsMixin, DDPMTrain
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_spacing_options(timestep_spacing, steps_offset)
         check_x0_options(
-            prediction_type, thresholding, dynamic_thresholding_ratio, sample_max_value, clip_sample_range
+            prediction_type, thresholding, dynamic_thresholding_ratio, sample_max_value, clip_sample_range, clip_sample
         )
         self._init_noise_schedule()
         self.one = torch.tensor(1.0, device="cpu")
@@ -109,7 +112,7 @@ class DDPMAncestralScheduler(NoiseScheduleMixin, SpacedTimestepsMixin, DDPMTrain
         """(β̃'_t, β'_t): the posterior ("fixed_small") and the respaced β ("fixed_large") variance of the
         step from `timestep` on the current schedule (Nichol & Dhariwal 2021, §4)."""
         t = int(timestep)
-        alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t, self.previous_timestep(t))
+        alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t, self._previous_t(t))
         beta = 1 - alpha_prod_t / alpha_prod_t_prev
         return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * beta, beta
 
@@ -164,7 +167,8 @@ class DDPMAncestralScheduler(NoiseScheduleMixin, SpacedTimestepsMixin, DDPMTrain
         Args:
             model_output (`torch.Tensor`): the network output at `timestep`, shaped like `sample` (2C channels
                 for learned variances: mean part first).
-            timestep (`int` or 0-d `torch.Tensor`): the current timestep, an entry of `self.timesteps`.
+            timestep (`int` or 0-d `torch.Tensor`): the current timestep, an entry of `self.timesteps` (the step
+                goes to the next entry, as in diffusers; another timestep raises `ValueError`).
             sample (`torch.Tensor`): x_t, shape (B, C, ...).
             generator (`torch.Generator`, *optional*): source of the step's noise (drawn like diffusers).
             return_dict (`bool`, defaults to `True`): return a `SchedulerStepOutput` instead of a tuple.
@@ -173,7 +177,7 @@ class DDPMAncestralScheduler(NoiseScheduleMixin, SpacedTimestepsMixin, DDPMTrain
             `SchedulerStepOutput(prev_sample, pred_original_sample)` or the tuple `(prev_sample, x̂_0)`.
         """
         t = int(timestep)
-        prev_t = self.previous_timestep(t)
+        prev_t = self._previous_t(t)
         model_output, predicted_variance = self._split_model_output(model_output, sample)
 
         # 1. ᾱ_t and ᾱ_{t'} of the (respaced) schedule; α'_t = ᾱ_t/ᾱ_{t'}, β'_t = 1 − α'_t

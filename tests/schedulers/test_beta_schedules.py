@@ -96,6 +96,6 @@ def test_invalid_arguments_raise(kwargs, match):
 def test_trained_betas_are_validated():
     with pytest.raises(ValueError, match="trained_betas"):
         betas_from_config(10, 1e-4, 0.02, "linear", trained_betas=[0.1] * 9)
-    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
         betas_from_config(3, 1e-4, 0.02, "linear", trained_betas=[0.1, 0.2, 1.5])
     assert torch.equal(betas_from_config(2, 1e-4, 0.02, "linear", [0.1, 0.2]), torch.tensor([0.1, 0.2]))

@@ -173,7 +173,7 @@ COMMON_INVALID = [
     ({"beta_start": 0.1, "beta_end": 0.01}, "beta_start"),
     ({"trained_betas": [0.1, 0.2]}, "trained_betas"),
     ({"thresholding": True, "dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio"),
-    ({"thresholding": True, "sample_max_value": 0.5}, "sample_max_value"),
+    ({"thresholding": True, "sample_max_value": 0.0}, "sample_max_value"),
     ({"steps_offset": -1}, "steps_offset"),
 ]
 CLASS_INVALID = {

@@ -49,12 +49,14 @@ def test_step_equals_diffusers(prediction_type, eta, use_clipped_model_output, c
         x = a.prev_sample
 
 
-def test_linspace_steps_to_the_next_scheduled_timestep_unlike_diffusers():
+def test_linspace_steps_by_the_spacing_like_diffusers():
     ours = DDIMEtaScheduler(timestep_spacing="linspace")
     ours.set_timesteps(10)
     assert ours.timesteps.tolist()[:3] == [999, 888, 777]
-    assert ours.previous_timestep(888) == 777  # diffusers: 888 - 1000 // 10 = 788, not in the schedule
-    assert ours.previous_timestep(0) == -1
+    assert ours.previous_timestep(888) == 788  # diffusers: 888 - 1000 // 10, not the next scheduled 777
+    assert ours.previous_timestep(0) == -100  # < 0: the step ends at final_alpha_cumprod
+    ours.set_timesteps(timesteps=ours.timesteps.tolist())  # the same schedule as custom timesteps: next entry
+    assert ours.previous_timestep(888) == 777 and ours.previous_timestep(0) == -1
 
 
 def test_eta_one_equals_ddpm_posterior_step():
@@ -119,6 +121,11 @@ def test_step_rejects_bad_arguments():
         scheduler.step(x, 900, x, eta=-0.1)
     with pytest.raises(ValueError, match="eta must be in"):
         scheduler.step(x, 900, x, eta=1.5)
+    with pytest.raises(ValueError, match=r"timestep must be in \[0, 999\], got 1000"):
+        scheduler.step(x, 1000, x)
+    with pytest.raises(ValueError, match=r"timestep must be in \[0, 999\], got -1"):
+        scheduler.step(x, -1, x)
+    scheduler.set_timesteps(timesteps=[900, 500, 100])
     with pytest.raises(ValueError, match="not in the scheduler's timesteps"):
         scheduler.step(x, 901, x)
     with pytest.raises(ValueError, match="split off a learned variance"):
