@@ -6,14 +6,12 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
@@ -27,6 +25,7 @@ from custom_pipelines.evaluation.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
+from custom_pipelines.pipelines.utils import sample_images
 
 logger = logging.getLogger(__name__)
 
@@ -52,67 +51,6 @@ def build_feature_extractor(
         return InceptionFeatureExtractor(model.to(device))
     else:
         raise ValueError(f"feature extractor must be 'digits' or 'inception', got {name!r}")
-
-
-def _as_nchw_tensor(images) -> torch.Tensor:
-    """Pipeline output (`pt` NCHW tensor, `np` NHWC array or list of PIL images) → float `[B, C, H, W]` on CPU."""
-    if isinstance(images, torch.Tensor):
-        return images.detach().float().cpu()
-    if isinstance(images, np.ndarray):
-        array = images if images.ndim == 4 else images[..., None]
-    elif isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):  # PIL images
-        array = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in images])
-        array = array if array.ndim == 4 else array[..., None]
-    else:
-        raise ValueError(f"cannot read pipeline images of type {type(images).__name__}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 3, 1, 2)
-
-
-def _call_kwargs(pipe: DiffusionPipeline, **kwargs) -> dict:
-    """Drop `None` values, and refuse options the pipeline's `__call__` does not take (no silent ignoring)."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    unknown = [k for k in kwargs if k not in parameters and not takes_var_kwargs]
-    if unknown and unknown != ["batch_size"]:
-        raise ValueError(f"{type(pipe).__name__}.__call__ does not take {sorted(set(unknown) - {'batch_size'})}")
-    # Pipelines that size the batch from their conditioning (e.g. class_labels) have no batch_size argument.
-    return {k: v for k, v in kwargs.items() if k not in unknown}
-
-
-def sample_images(
-    pipe: DiffusionPipeline,
-    num_samples: int,
-    batch_size: int = 64,
-    seed: int = 0,
-    class_labels: Sequence[int] | None = None,
-    class_labels_kwarg: str = "class_labels",
-    **pipeline_kwargs,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield `(images [B, C, H, W] in [0, 1] on CPU, labels [B] or None)` batches, `num_samples` in all.
-
-    Sample i is drawn with its own `torch.Generator` whose seed comes from a master generator seeded with `seed`,
-    so the images do not depend on `batch_size`. `class_labels` are cycled to `num_samples` (pass `range(10)` for
-    balanced classes) and given to the pipeline as `class_labels_kwarg`.
-    """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    seeds = torch.randint(0, 2**62, (num_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
-    labels = None
-    if class_labels is not None:
-        base = torch.as_tensor(list(class_labels), dtype=torch.long)
-        if base.ndim != 1 or base.numel() == 0:
-            raise ValueError(f"class_labels must be a non-empty sequence of ints, got {class_labels!r}")
-        labels = base.repeat((num_samples + base.numel() - 1) // base.numel())[:num_samples]
-    for start in range(0, num_samples, batch_size):
-        stop = min(start + batch_size, num_samples)
-        generators = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
-        batch_labels = labels[start:stop] if labels is not None else None
-        extra = {class_labels_kwarg: batch_labels.tolist()} if batch_labels is not None else {}
-        kwargs = _call_kwargs(pipe, batch_size=stop - start, **extra, **pipeline_kwargs)
-        output = pipe(generator=generators, output_type="pt", **kwargs)
-        images = output.images if hasattr(output, "images") else output[0]
-        yield _as_nchw_tensor(images).clamp(0, 1), batch_labels
 
 
 def compute_metrics(

@@ -12,28 +12,17 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Resize and grayscale live in the pipelines layer (loss guidance needs them too); to_grayscale is re-exported.
+from custom_pipelines.pipelines.utils import resize, to_grayscale  # noqa: F401
 
-# ITU-R BT.601 luma weights, the ones PIL's `convert("L")` uses.
-_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
     """Round [0, 1] images to the 256 levels of an 8-bit PNG, so generated and stored real images match."""
     return torch.round(images.clamp(0, 1) * 255) / 255
-
-
-def to_grayscale(images: torch.Tensor) -> torch.Tensor:
-    """`[B, 1 or 3, H, W]` → `[B, 1, H, W]` with the BT.601 luma weights."""
-    if images.shape[1] == 1:
-        return images
-    if images.shape[1] == 3:
-        weights = torch.tensor(_LUMA_WEIGHTS, dtype=images.dtype, device=images.device)
-        return (images * weights[None, :, None, None]).sum(dim=1, keepdim=True)
-    raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -43,13 +32,6 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     if images.shape[1] == 1:
         return images.repeat(1, 3, 1, 1)
     raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
-
-
-def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Bilinear resize with antialiasing to `resolution × resolution` (a no-op when already that size)."""
-    if images.shape[-2:] == (resolution, resolution):
-        return images
-    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
 
 
 def check_images(images: torch.Tensor) -> None:

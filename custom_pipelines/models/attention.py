@@ -11,11 +11,8 @@ from ..options import ATTENTION_BACKENDS, AttentionBackend
 def resolve_attention_backend(
     backend: str, device: torch.device | str, dtype: torch.dtype | None = torch.float32
 ) -> str:
-    """`"auto"` → `"math"` for bf16/fp16 compute on CPU, `"sdpa"` otherwise.
-
-    Why (docs/performance.md has the numbers): these UNets attend over few tokens (64 at 16×16 input). On CPU in
-    bf16, SDPA's flash kernel has a slow backward at that size (digits UNet step 236 → 208 ms with plain matmuls);
-    in fp32 on CPU the two are equal within noise on both CPU kinds measured; on CUDA SDPA's fused kernels win."""
+    """`"auto"` → `"math"` for bf16/fp16 compute on CPU, `"sdpa"` otherwise: SDPA's CPU bf16 kernel is slow at the
+    few tokens our UNets attend over (docs/performance.md, "Attention kernel")."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
     if backend != "auto":

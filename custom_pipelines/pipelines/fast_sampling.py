@@ -1,22 +1,6 @@
-"""One call that puts a loaded pipeline on its fast sampling path: the precision and attention kernel that suit
-the device, and optionally `torch.compile`.
-
-    pipe = load_pipeline("runs/ddpm-digits")
-    enable_fast_sampling(pipe)                  # torch_dtype="auto": bf16 where the device runs it natively
-    images = pipe(batch_size=64, num_inference_steps=8).images
-
-What it changes and why (numbers in `docs/performance.md` and `benchmarks/RESULTS.md`):
-- `torch_dtype`: the networks' weights are cast (what `from_pretrained(torch_dtype=...)` does); our pipelines keep
-  the scheduler state x_t in float32 and cast only the network input, so a bf16 UNet keeps the fp32 digits-FID.
-  `"auto"` (the default) picks bf16 only where it is native (`custom_pipelines.precision`), else fp32: on a CPU
-  without AVX-512-BF16/AMX bf16 is many times slower than fp32.
-- `attention_backend`: `"auto"` gives plain matmul attention for bf16 on CPU and SDPA elsewhere
-  (see `custom_pipelines.models.attention`).
-- `compile`: `module.compile()` in place (module class, `config` and `state_dict` keys stay the same, so
-  `save_pretrained` still writes the plain weights). The first call pays the compilation; worth it for
-  evaluation runs and services, not for one grid.
-- `channels_last`: NHWC weights, for tensor-core convolutions on GPU; on CPU it is slower (GroupNorm), so off.
-"""
+"""`enable_fast_sampling(pipe)`: put a loaded pipeline on its fast sampling path in one call (the precision and
+attention kernel that suit its device, optionally `torch.compile`). What each setting buys, measured: see
+docs/performance.md ("Sampling")."""
 
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from custom_pipelines.schedulers.common import predict_original_sample
 
+from .utils import resize, to_grayscale
+
 GuidanceFn = Callable[[torch.Tensor], torch.Tensor]
 GuidanceStrength = float | Callable[[int, int], float]
 
@@ -200,7 +202,6 @@ def digits_classifier_guidance(classifier, class_labels: int | Sequence[int] | t
 
     The classifier's preprocessing, made differentiable: gray, resized to its resolution, no 8-bit rounding.
     """
-    from custom_pipelines.evaluation.features import resize, to_grayscale
 
     def logits(x0_pred: torch.Tensor) -> torch.Tensor:
         images = to_grayscale((x0_pred + 1) / 2)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..schedulers import DPMSolver2MScheduler, scheduler_from_name
-from .utils import check_positive_int
+from .utils import check_positive_int, sample_images
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +171,6 @@ def optimize_timesteps(
     sigmas_ve = teacher.sigmas.double().tolist()  # grid_size + 1 values, the last 0
     runner = type(pipe)(**{**pipe.components, "scheduler": teacher})
     runner.set_progress_bar_config(disable=True)
-
-    from ..evaluation.evaluator import sample_images  # seeds per sample, class cycling, batch-size handling
 
     total = np.zeros((grid_size + 1, grid_size + 1))
 

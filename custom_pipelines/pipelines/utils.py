@@ -1,14 +1,15 @@
-"""Pieces every pixel-space pipeline shares: input checks, scheduler-step kwargs, step callbacks, postprocessing."""
+"""Pieces our pipelines share: input checks, scheduler-step kwargs, step callbacks, postprocessing, image
+resizing / grayscale, and seeded batch sampling of any pipeline (used by the timestep search and the evaluation)."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -91,50 +92,6 @@ def postprocess_images(images: torch.Tensor, output_type: str) -> torch.Tensor |
     return _IMAGE_PROCESSOR.postprocess(images.float().cpu(), output_type=output_type)
 
 
-def sample_pixel_diffusion(
-    pipe,
-    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    shape: tuple[int, ...],
-    *,
-    num_inference_steps: int,
-    generator,
-    latents: torch.Tensor | None,
-    eta: float,
-    timesteps: list[int] | None = None,
-    guidance_fn,
-    guidance_strength,
-    callback_on_step_end: Callable | None,
-    tensor_inputs: list[str],
-) -> torch.Tensor:
-    """The reverse process every pixel pipeline shares (Ho et al. 2020, Algorithm 2, any scheduler).
-
-    `model_fn(x_t, t)` is the (possibly guided) denoiser taking and returning the scheduler's dtype. x_t stays in
-    fp32 (fp64 for an fp64 model) even when the network runs in bf16/fp16: low-precision x_t accumulates rounding
-    error over the steps, the network does not need fp32. Returns x_0 in about [-1, 1].
-    """
-    from .guidance import loss_guided_model_output  # guidance.py builds on these helpers, not the reverse
-
-    device = pipe._execution_device
-    dtype = state_dtype(pipe.unet.dtype)
-    scheduler = pipe.scheduler
-    # 1. The (possibly respaced, or the caller's own) timesteps t_N > … > t_1. First: σ-space schedulers (Euler,
-    #    Heun, LMS, ...) compute init_noise_sigma from them (σ_max of the chosen grid, not of the training one).
-    set_scheduler_timesteps(scheduler, num_inference_steps, timesteps, device)
-    # 2. x_T ~ N(0, I), scaled to the first step's noise level (1 for DDPM/DDIM, σ_max for σ-space schedulers).
-    if latents is None:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
-    step_kwargs = extra_step_kwargs(scheduler, generator, eta)
-    # 3. Predict (pushing x_t down ∇ loss first when loss-guided), then let the scheduler take x_t → x_{t-1}.
-    for i, t in enumerate(pipe.progress_bar(scheduler.timesteps)):
-        model_output, latents = loss_guided_model_output(
-            model_fn, scheduler, latents, t, i, guidance_fn, guidance_strength
-        )
-        latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
-        latents = run_step_callback(pipe, callback_on_step_end, i, t, tensor_inputs, {"latents": latents})["latents"]
-    return latents
-
-
 def set_scheduler_timesteps(scheduler, num_inference_steps: int, timesteps: list[int] | None, device=None) -> None:
     """`scheduler.set_timesteps(num_inference_steps)`, or with the caller's `timesteps` (then the step count is
     `len(timesteps)` and `num_inference_steps` is ignored, as in diffusers' `retrieve_timesteps`)."""
@@ -158,3 +115,87 @@ def set_scheduler_timesteps(scheduler, num_inference_steps: int, timesteps: list
 def state_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """The dtype of the scheduler state x_t for a network of `model_dtype`."""
     return torch.float64 if model_dtype == torch.float64 else torch.float32
+
+
+# ----- image helpers (differentiable; the evaluation's preprocessing uses the same ones) ---------------------------
+# ITU-R BT.601 luma weights, the ones PIL's `convert("L")` uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """`[B, 1 or 3, H, W]` → `[B, 1, H, W]` with the BT.601 luma weights."""
+    if images.shape[1] == 1:
+        return images
+    if images.shape[1] == 3:
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device)
+        return (images * weights[None, :, None, None]).sum(dim=1, keepdim=True)
+    raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+
+
+def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bilinear resize with antialiasing to `resolution × resolution` (a no-op when already that size)."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+
+
+# ----- seeded batch sampling of any pipeline ------------------------------------------------------------------------
+def as_nchw_tensor(images) -> torch.Tensor:
+    """Pipeline output (`pt` NCHW tensor, `np` NHWC array or list of PIL images) → float `[B, C, H, W]` on CPU."""
+    if isinstance(images, torch.Tensor):
+        return images.detach().float().cpu()
+    if isinstance(images, np.ndarray):
+        array = images if images.ndim == 4 else images[..., None]
+    elif isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):  # PIL images
+        array = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in images])
+        array = array if array.ndim == 4 else array[..., None]
+    else:
+        raise ValueError(f"cannot read pipeline images of type {type(images).__name__}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 3, 1, 2)
+
+
+def call_kwargs(pipe, **kwargs) -> dict:
+    """Drop `None` values, and refuse options the pipeline's `__call__` does not take (no silent ignoring)."""
+    parameters = inspect.signature(pipe.__call__).parameters
+    takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = [k for k in kwargs if k not in parameters and not takes_var_kwargs]
+    if unknown and unknown != ["batch_size"]:
+        raise ValueError(f"{type(pipe).__name__}.__call__ does not take {sorted(set(unknown) - {'batch_size'})}")
+    # Pipelines that size the batch from their conditioning (e.g. class_labels) have no batch_size argument.
+    return {k: v for k, v in kwargs.items() if k not in unknown}
+
+
+def sample_images(
+    pipe,
+    num_samples: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    class_labels: Sequence[int] | None = None,
+    class_labels_kwarg: str = "class_labels",
+    **pipeline_kwargs,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield `(images [B, C, H, W] in [0, 1] on CPU, labels [B] or None)` batches, `num_samples` in all.
+
+    Sample i is drawn with its own `torch.Generator` whose seed comes from a master generator seeded with `seed`,
+    so the images do not depend on `batch_size`. `class_labels` are cycled to `num_samples` (pass `range(10)` for
+    balanced classes) and given to the pipeline as `class_labels_kwarg`.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    seeds = torch.randint(0, 2**62, (num_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+    labels = None
+    if class_labels is not None:
+        base = torch.as_tensor(list(class_labels), dtype=torch.long)
+        if base.ndim != 1 or base.numel() == 0:
+            raise ValueError(f"class_labels must be a non-empty sequence of ints, got {class_labels!r}")
+        labels = base.repeat((num_samples + base.numel() - 1) // base.numel())[:num_samples]
+    for start in range(0, num_samples, batch_size):
+        stop = min(start + batch_size, num_samples)
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
+        batch_labels = labels[start:stop] if labels is not None else None
+        extra = {class_labels_kwarg: batch_labels.tolist()} if batch_labels is not None else {}
+        kwargs = call_kwargs(pipe, batch_size=stop - start, **extra, **pipeline_kwargs)
+        output = pipe(generator=generators, output_type="pt", **kwargs)
+        images = output.images if hasattr(output, "images") else output[0]
+        yield as_nchw_tensor(images).clamp(0, 1), batch_labels
