@@ -35,7 +35,7 @@ from custom_pipelines.data import ImageTransform, load_image_dataset
 from custom_pipelines.hub.configs import load_component_config
 from custom_pipelines.models import set_attention_backend
 from custom_pipelines.precision import cpu_capability, resolve_mixed_precision
-from training.core.compile_check import install_compile_check
+from custom_pipelines.training.compile_check import install_compile_check
 
 FUSED, FOREACH = {"fused": True}, {"foreach": True}  # on CPU, foreach AdamW loops over the tensors one by one
 

@@ -31,8 +31,8 @@ from custom_pipelines.evaluation.features import load_digits_images
 from custom_pipelines.evaluation.metrics import fid_from_features
 from custom_pipelines.pipelines.guidance import digits_classifier_guidance, mean_color_loss
 from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
+from custom_pipelines.training.reporting import image_grid
 from training import train_cfg
-from training.core.reporting import image_grid
 
 TRAIN_TIME_FILE = "bench_train_time.json"
 

@@ -40,8 +40,8 @@ from custom_pipelines.evaluation import build_feature_extractor, evaluate_pipeli
 from custom_pipelines.hub.configs import resolve_variant
 from custom_pipelines.pipelines.pipeline_gan import GANPipeline
 from custom_pipelines.pipelines.pipeline_stylegan import StyleGANPipeline
+from custom_pipelines.training.reporting import image_grid
 from training import train_gan
-from training.core.reporting import image_grid
 
 RESULTS_JSON = "gan_fid.json"
 

@@ -29,8 +29,8 @@ import numpy as np
 VARIANTS = {  # name: (accelerate --mixed_precision, accelerate --dynamo_backend, extra script flags)
     "fp32": ("no", "no", []),
     "bf16 autocast": ("bf16", "no", []),
-    # PyTorch 2.13's CPU inductor zeroes part of the UNet's gradient (training/core/compile_check.py). With the
-    # check off the run trains on that graph, to show what the bug does to a model ...
+    # PyTorch 2.13's CPU inductor zeroes part of the UNet's gradient (custom_pipelines/training/compile_check.py).
+    # With the check off the run trains on that graph, to show what the bug does to a model ...
     "bf16 autocast + torch.compile, check off": ("bf16", "inductor", ["--compile_check", "off"]),
     # ... and with the default check, which finds it and recompiles with inductor's fusion limited.
     "bf16 autocast + torch.compile": ("bf16", "inductor", []),

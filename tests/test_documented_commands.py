@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -21,8 +22,16 @@ PARSERS = {  # how a command names its entry point → the module whose parse_ar
     "training.sample": "training.sample",
     "custom_pipelines.evaluate": "custom_pipelines.evaluation.cli",
     "custom_pipelines.optimize_timesteps": "custom_pipelines.optimize_timesteps",
+    # an installed wheel's names for the same scripts
+    **{f"custom_pipelines.scripts.{s}": f"training.{s}" for s in ("train_ddpm", "train_cfg", "train_gan", "sample")},
 }
-PREFIXES = ("python ", "python3 ", "accelerate launch ", "make ", "ACCELERATE_USE_CPU=", "OMP_NUM_THREADS=")
+# console commands (pyproject [project.scripts]) → the module of their entry point
+CONSOLE = {
+    name: target.split(":")[0].replace("custom_pipelines.scripts.", "training.")
+    for name, target in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].items()
+}
+PREFIXES = ("python ", "python3 ", "accelerate launch ", "make ", "custom-pipelines-")
+PREFIXES += ("ACCELERATE_USE_CPU=", "OMP_NUM_THREADS=")
 # errors about inputs that an earlier command of the same doc produces, not about the command line itself
 LATER_FILES = ("does not exist", "neither a local pipeline folder")
 
@@ -59,7 +68,7 @@ def entry_point(command: str) -> tuple[str | None, list[str]]:
         if tokens[1] == "-m":
             return tokens[2], tokens[3:]
         return tokens[1], tokens[2:]
-    if tokens[0].startswith("training/"):
+    if tokens[0].startswith("training/") or tokens[0] in CONSOLE:
         return tokens[0], tokens[1:]
     return None, tokens
 
@@ -84,8 +93,8 @@ def test_documented_command_parses(where, command):
     if script.startswith("benchmarks/"):
         assert (ROOT / script).is_file(), f"{where}: {script} does not exist"
         return
-    assert script in PARSERS, f"{where}: {script} is not a known entry point ({command!r})"
-    module = importlib.import_module(PARSERS[script])
+    assert script in PARSERS or script in CONSOLE, f"{where}: {script} is not a known entry point ({command!r})"
+    module = importlib.import_module(PARSERS.get(script) or CONSOLE[script])
     try:
         module.parse_args(argv)
     except SystemExit as err:  # argparse: unknown flag, bad choice, missing required flag

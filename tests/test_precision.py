@@ -104,7 +104,7 @@ def test_the_real_probe_is_quick_and_sane():
 
 
 def test_trainer_resolves_once_for_the_run(cpu):
-    from training.core.trainer import resolve_run_precision
+    from custom_pipelines.training.trainer import resolve_run_precision
 
     cpu(instructions=False, speedup=0.003)
     assert resolve_run_precision("auto").mixed_precision == "no"

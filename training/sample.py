@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> str:
     from custom_pipelines.models.class_conditioning import num_classes_of
     from custom_pipelines.pipelines.fast_sampling import apply_fast_sampling_args
     from custom_pipelines.schedulers import scheduler_from_name
-    from training.core.reporting import image_grid
+    from custom_pipelines.training.reporting import image_grid
 
     pipe = load_pipeline(args.pipeline)
     if args.scheduler is not None:
@@ -71,5 +71,10 @@ def main(args: argparse.Namespace) -> str:
     return args.output
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point: a user error prints one line and exits 1."""
     run_cli(lambda: main(parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

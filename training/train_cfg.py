@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 
 from custom_pipelines.cli import run_cli
-from custom_pipelines.options import CONDITIONING_METHODS, PREDICTION_TYPES
-from training.core.args import add_common_args, check_resolution, validate_common_args
+from custom_pipelines.options import CONDITIONING_METHODS
+from custom_pipelines.training.args import add_common_args, validate_common_args
+from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
 
 # Heavy modules (torch, diffusers, datasets, accelerate) are imported inside the functions that use them, so
 # `--help` and flag errors answer at once.
@@ -36,8 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cfg.add_argument("--conditioning", default=None, help=f"one of {CONDITIONING_METHODS} (default: the config's)")
     cfg.add_argument("--class_embed_dim", type=int, default=None, help="channels of the class map (concat only)")
     cfg.add_argument("--conditioning_dropout", type=float, default=0.1, help="p_uncond: P(label → null class)")
-    cfg.add_argument("--prediction_type", default=None, help=f"one of {PREDICTION_TYPES} (default: the config's)")
-    cfg.add_argument("--num_inference_steps", type=int, default=50, help="steps for validation sampling")
+    add_diffusion_args(cfg)
     cfg.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
     args = parser.parse_args(argv)
     validate_args(args)
@@ -46,16 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
+    validate_diffusion_args(args)
     if args.conditioning is not None and args.conditioning not in CONDITIONING_METHODS:
         raise ValueError(f"--conditioning must be one of {CONDITIONING_METHODS}, got {args.conditioning!r}")
     if args.class_embed_dim is not None and args.class_embed_dim < 1:
         raise ValueError(f"--class_embed_dim must be a positive integer, got {args.class_embed_dim}")
     if not 0.0 <= args.conditioning_dropout < 1.0:
         raise ValueError(f"--conditioning_dropout must be in [0, 1), got {args.conditioning_dropout}")
-    if args.prediction_type is not None and args.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {args.prediction_type!r}")
-    if args.num_inference_steps < 1:
-        raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
     if args.validation_guidance_scale < 0:
         raise ValueError(f"--validation_guidance_scale must be >= 0, got {args.validation_guidance_scale}")
 
@@ -112,30 +109,17 @@ def load_pretrained_unet(args, config: dict, num_classes: int):
 
 def build_models(args, num_classes: int):
     """Class-conditional UNet + scheduler: fine-tuned from a saved pipeline, or fresh from a config variant."""
-    from custom_pipelines.hub.configs import load_component_config
     from custom_pipelines.models.class_conditioning import class_conditional_unet_config
-    from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+    from custom_pipelines.training.diffusion import load_training_scheduler
 
     config = source_unet_config(args)
     if args.pretrained_model_name_or_path:
         unet = load_pretrained_unet(args, config, num_classes)
-        scheduler_config = DDPMAncestralScheduler.load_config(
-            args.pretrained_model_name_or_path, subfolder="scheduler"
-        )
     else:
         method = args.conditioning or ("concat" if config["_class_name"] == "ClassConcatUNet2DModel" else "embedding")
         cls, unet_config = class_conditional_unet_config(config, method, num_classes, args.class_embed_dim)
         unet = cls.from_config(unet_config)
-        scheduler_config = load_component_config(args.model_config, "scheduler", "scheduler_config.json")
-    overrides = {"prediction_type": args.prediction_type} if args.prediction_type else {}
-    return unet, DDPMAncestralScheduler.from_config(scheduler_config, **overrides)
-
-
-def diffusion_losses(unet, scheduler, clean, class_labels, noise, timesteps) -> dict:
-    """L_simple of the class-conditional model on one batch (labels already dropped to the null class)."""
-    noisy = scheduler.add_noise(clean, noise, timesteps)
-    model_output = unet(noisy, timesteps, class_labels=class_labels).sample
-    return scheduler.training_losses(model_output.float(), clean, noise, timesteps)
+    return unet, load_training_scheduler(args, prediction_type=args.prediction_type)
 
 
 def main(args: argparse.Namespace) -> str:
@@ -144,26 +128,24 @@ def main(args: argparse.Namespace) -> str:
     from custom_pipelines.models.class_conditioning import conditioning_method, null_class_id
     from custom_pipelines.pipelines.guidance import drop_class_labels
     from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
-    from training.core import Trainer, adamw, create_accelerator
-    from training.core.data import load_train_dataset
+    from custom_pipelines.training import Trainer, adamw, create_accelerator
+    from custom_pipelines.training.data import load_train_dataset
+    from custom_pipelines.training.diffusion import diffusion_loss, sample_validation_images, set_training_resolution
 
     accelerator = create_accelerator(args)
-    resolution = args.resolution or source_unet_config(args)["sample_size"]
-    dataset = load_train_dataset(args, resolution)
+    dataset = load_train_dataset(args, args.resolution or source_unet_config(args)["sample_size"])
     num_classes, id2label = dataset_classes(dataset, args.label_column)
     unet, scheduler = build_models(args, num_classes)
-    check_resolution(unet, resolution)
-    unet.register_to_config(sample_size=resolution)
-    null_id, num_train_timesteps = null_class_id(unet), scheduler.config.num_train_timesteps
+    resolution = set_training_resolution(unet, args.resolution)
+    null_id = null_class_id(unet)
     validation_classes = args.class_filter or list(range(num_classes))
 
     def training_step(trainer, batch: dict) -> dict:
-        clean = batch["pixel_values"]
         # Global torch RNG: seeded by accelerate's set_seed and saved/restored with every checkpoint.
         labels = drop_class_labels(batch["labels"], null_id, args.conditioning_dropout)
-        noise = torch.randn(clean.shape, device=clean.device, dtype=clean.dtype)
-        timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), device=clean.device)
-        losses = diffusion_losses(trainer.models["unet"], scheduler, clean, labels, noise, timesteps)
+        losses = diffusion_loss(
+            trainer.models["unet"], scheduler, batch["pixel_values"], snr_gamma=args.snr_gamma, class_labels=labels
+        )
         trainer.backward_and_step("unet", losses["loss"])
         return {"loss": losses["loss"], "null_label_fraction": (labels == null_id).float().mean()}
 
@@ -171,16 +153,10 @@ def main(args: argparse.Namespace) -> str:
         return ClassConditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler, id2label=id2label)
 
     def sample_images(trainer) -> torch.Tensor:
-        pipe = pipeline(trainer)
-        pipe.set_progress_bar_config(disable=True)
         labels = [validation_classes[i % len(validation_classes)] for i in range(args.num_validation_images)]
-        return pipe(
-            class_labels=labels,
-            guidance_scale=args.validation_guidance_scale,
-            num_inference_steps=args.num_inference_steps,
-            generator=torch.Generator(trainer.device).manual_seed(args.seed),
-            output_type="pt",
-        ).images
+        return sample_validation_images(
+            pipeline(trainer), trainer, class_labels=labels, guidance_scale=args.validation_guidance_scale
+        )
 
     method = conditioning_method(unet)
     trainer = Trainer(
@@ -196,6 +172,8 @@ def main(args: argparse.Namespace) -> str:
         resolution=resolution,
         family="cfg",
         pipeline_class="ClassConditionalDiffusionPipeline",
+        script=__file__,
+        example_call_kwargs={"class_labels": list(range(num_classes)), "guidance_scale": 2.0},
         description=f"Class-conditional DDPM for classifier-free guidance ({num_classes} classes, class {method}, "
         f"p_uncond {args.conditioning_dropout}) trained on {args.dataset_name or args.train_data_dir}.",
         dataset=dataset,
@@ -204,5 +182,10 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point: a user error prints one line and exits 1."""
     run_cli(lambda: main(parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 
 from custom_pipelines.cli import run_cli
-from custom_pipelines.options import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES
-from training.core.args import add_common_args, check_resolution, validate_common_args
+from custom_pipelines.options import BETA_SCHEDULES, LOSS_TYPES
+from custom_pipelines.training.args import add_common_args, validate_common_args
+from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
 
 # Heavy modules (torch, diffusers, accelerate) are imported inside the functions that use them, so `--help` and
 # flag errors answer at once.
@@ -23,17 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(parser, default_learning_rate=2e-4)
     ddpm = parser.add_argument_group("DDPM")
     ddpm.add_argument("--model_config", default="ddpm-digits-16", help="hub_configs variant, folder or Hub repo id")
-    ddpm.add_argument("--prediction_type", default=None, help=f"one of {PREDICTION_TYPES} (default: the config's)")
     ddpm.add_argument("--beta_schedule", default=None, help=f"one of {BETA_SCHEDULES} (default: the config's)")
     ddpm.add_argument("--num_train_timesteps", type=int, default=None)
     ddpm.add_argument("--loss_type", default="simple", help="simple: L_simple; hybrid: L_simple + λ·L_vlb (learned Σ)")
-    ddpm.add_argument(
-        "--snr_gamma",
-        type=float,
-        default=None,
-        help="Min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); default: off (uniform L_simple)",
-    )
-    ddpm.add_argument("--num_inference_steps", type=int, default=50, help="steps for validation sampling")
+    add_diffusion_args(ddpm)
     args = parser.parse_args(argv)
     validate_args(args)
     return args
@@ -41,18 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
-    if args.prediction_type is not None and args.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {args.prediction_type!r}")
+    validate_diffusion_args(args)
     if args.beta_schedule is not None and args.beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"--beta_schedule must be one of {BETA_SCHEDULES}, got {args.beta_schedule!r}")
     if args.loss_type not in LOSS_TYPES:
         raise ValueError(f"--loss_type must be one of {LOSS_TYPES}, got {args.loss_type!r}")
     if args.num_train_timesteps is not None and args.num_train_timesteps < 2:
         raise ValueError(f"--num_train_timesteps must be >= 2, got {args.num_train_timesteps}")
-    if args.num_inference_steps < 1:
-        raise ValueError(f"--num_inference_steps must be a positive integer, got {args.num_inference_steps}")
-    if args.snr_gamma is not None and not args.snr_gamma > 0:
-        raise ValueError(f"--snr_gamma must be > 0 (or left out), got {args.snr_gamma}")
 
 
 def build_models(args):
@@ -60,28 +49,23 @@ def build_models(args):
     from diffusers import UNet2DModel
 
     from custom_pipelines.hub.configs import load_component_config
-    from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+    from custom_pipelines.training.diffusion import load_training_scheduler
 
     if args.pretrained_model_name_or_path:
         unet = UNet2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
-        scheduler_config = DDPMAncestralScheduler.load_config(
-            args.pretrained_model_name_or_path, subfolder="scheduler"
-        )
     else:
         unet_config = load_component_config(args.model_config, "unet")
-        scheduler_config = load_component_config(args.model_config, "scheduler", "scheduler_config.json")
-        if (
-            args.loss_type == "hybrid"
-        ):  # learned Σ: the UNet also outputs the interpolation v (Nichol & Dhariwal eq. 15)
+        if args.loss_type == "hybrid":  # learned Σ: the UNet also outputs v (Nichol & Dhariwal eq. 15)
             unet_config["out_channels"] = 2 * unet_config["in_channels"]
         unet = UNet2DModel.from_config(unet_config)
-    overrides = {"prediction_type": args.prediction_type, "num_train_timesteps": args.num_train_timesteps}
-    if args.beta_schedule is not None:  # diffusers knows the cosine schedule only by this name
-        overrides["beta_schedule"] = "squaredcos_cap_v2" if args.beta_schedule == "cosine" else args.beta_schedule
-    if args.loss_type == "hybrid":
-        overrides["variance_type"] = "learned_range"
-    scheduler = DDPMAncestralScheduler.from_config(
-        scheduler_config, **{k: v for k, v in overrides.items() if v is not None}
+    # diffusers knows the cosine schedule only by the name squaredcos_cap_v2
+    beta_schedule = "squaredcos_cap_v2" if args.beta_schedule == "cosine" else args.beta_schedule
+    scheduler = load_training_scheduler(
+        args,
+        prediction_type=args.prediction_type,
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=beta_schedule,
+        variance_type="learned_range" if args.loss_type == "hybrid" else None,
     )
     if args.loss_type == "hybrid" and unet.config.out_channels != 2 * unet.config.in_channels:
         raise ValueError("--loss_type hybrid needs a UNet with 2× output channels (learned variance)")
@@ -92,25 +76,16 @@ def main(args: argparse.Namespace) -> str:
     import torch
 
     from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
-    from training.core import Trainer, adamw, create_accelerator
+    from custom_pipelines.training import Trainer, adamw, create_accelerator
+    from custom_pipelines.training.diffusion import diffusion_loss, sample_validation_images, set_training_resolution
 
     accelerator = create_accelerator(args)
     unet, scheduler = build_models(args)
-    resolution = args.resolution or unet.config.sample_size
-    check_resolution(unet, resolution)
-    unet.register_to_config(sample_size=resolution)
-    num_train_timesteps = scheduler.config.num_train_timesteps
+    resolution = set_training_resolution(unet, args.resolution)
 
     def training_step(trainer, batch: dict) -> dict:
-        clean = batch["pixel_values"]
-        # Global torch RNG: seeded by accelerate's set_seed and saved/restored with every checkpoint.
-        noise = torch.randn(clean.shape, device=clean.device, dtype=clean.dtype)
-        timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), device=clean.device)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        model_output = trainer.models["unet"](noisy, timesteps).sample
-        losses = scheduler.training_losses(
-            model_output.float(), clean, noise, timesteps, loss_type=args.loss_type, snr_gamma=args.snr_gamma
-        )
+        unet_in_training, clean = trainer.models["unet"], batch["pixel_values"]
+        losses = diffusion_loss(unet_in_training, scheduler, clean, loss_type=args.loss_type, snr_gamma=args.snr_gamma)
         trainer.backward_and_step("unet", losses["loss"])
         return losses if args.loss_type == "hybrid" else {"loss": losses["loss"]}
 
@@ -118,15 +93,7 @@ def main(args: argparse.Namespace) -> str:
         return UnconditionalDiffusionPipeline(unet=trainer.unwrap("unet"), scheduler=scheduler)
 
     def sample_images(trainer) -> torch.Tensor:
-        pipe = pipeline(trainer)
-        pipe.set_progress_bar_config(disable=True)
-        generator = torch.Generator(trainer.device).manual_seed(args.seed)
-        return pipe(
-            batch_size=args.num_validation_images,
-            num_inference_steps=args.num_inference_steps,
-            generator=generator,
-            output_type="pt",
-        ).images
+        return sample_validation_images(pipeline(trainer), trainer, batch_size=args.num_validation_images)
 
     trainer = Trainer(
         args,
@@ -143,6 +110,8 @@ def main(args: argparse.Namespace) -> str:
         resolution=resolution,
         family="ddpm",
         pipeline_class="UnconditionalDiffusionPipeline",
+        script=__file__,
+        example_call_kwargs={"batch_size": 16, "num_inference_steps": 50},
         description=f"Unconditional DDPM ({scheduler.config.prediction_type}-prediction, "
         f"{scheduler.config.beta_schedule} schedule, loss {args.loss_type}"
         f"{f', Min-SNR-γ {args.snr_gamma:g}' if args.snr_gamma else ''}) "
@@ -152,5 +121,10 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point: a user error prints one line and exits 1."""
     run_cli(lambda: main(parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

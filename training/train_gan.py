@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from custom_pipelines.cli import run_cli
 from custom_pipelines.hub.configs import resolve_variant
-from training.core.args import add_common_args, validate_common_args
+from custom_pipelines.training.args import add_common_args, validate_common_args
 
 # Heavy modules (torch, diffusers, accelerate) are imported inside the functions that use them, so `--help` and
 # flag errors answer at once.
@@ -163,7 +163,7 @@ def progan_phase(step: int, phase_steps: int, max_stage: int) -> tuple[int, floa
 def make_optimizer(model, args: argparse.Namespace, lr: float):
     import torch
 
-    from training.core import adamw
+    from custom_pipelines.training import adamw
 
     if args.loss == "wgan":  # Arjovsky et al. 2017: momentum-based optimizers destabilize weight-clipped WGAN
         return torch.optim.RMSprop(model.parameters(), lr=lr)
@@ -180,7 +180,7 @@ def main(args: argparse.Namespace) -> str:
 
     from custom_pipelines.gan.losses import gan_losses
     from custom_pipelines.gan.training_utils import GeneratorForward, progan_reals
-    from training.core import Trainer, create_accelerator
+    from custom_pipelines.training import Trainer, create_accelerator
 
     family = args.family
     accelerator = create_accelerator(args)
@@ -279,5 +279,10 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point: a user error prints one line and exits 1."""
     run_cli(lambda: main(parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -121,5 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point: a user error prints one line and exits 1."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

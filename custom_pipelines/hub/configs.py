@@ -3,11 +3,23 @@ plus one sub-folder per component with its config). They are the single source o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
 
-HUB_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "hub_configs"
+
+
+def _hub_configs_dir() -> Path:
+    """Where the variants are: the data package `custom_pipelines.hub_configs` of an installed wheel (or an editable
+    install), else the clone's top-level `hub_configs/` (a checkout on `sys.path` without any install)."""
+    spec = importlib.util.find_spec("custom_pipelines.hub_configs")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(__file__).resolve().parents[2] / "hub_configs"
+
+
+HUB_CONFIGS_DIR = _hub_configs_dir()
 
 
 def list_variants() -> list[str]:

@@ -1,13 +1,15 @@
 """The shared trainer core: flags, accelerate setup, data, EMA, checkpoints, logging, validation, model card, hub.
 
-Names are imported on first use, so a script's `--help` (which needs only `training.core.args`) answers before
-torch, diffusers and accelerate are imported.
+Part of the library, so an installed wheel has it; the scripts in `training/` (installed as
+`custom_pipelines.scripts`) are thin layers on it. Names are imported on first use, so a script's `--help` (which
+needs only `custom_pipelines.training.args`) answers before torch, diffusers and accelerate are imported.
 """
 
 from custom_pipelines.lazy import lazy_exports
 
 _PUBLIC = {
     "SUMMARY_FILE": ".trainer",
+    "ModelCardInfo": ".reporting",
     "Trainer": ".trainer",
     "adamw": ".trainer",
     "add_common_args": ".args",

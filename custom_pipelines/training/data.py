@@ -1,6 +1,9 @@
-"""Dataset → DataLoader of {"pixel_values": [B, C, H, W] in [-1, 1], "labels": [B] (when the dataset has them)}."""
+"""Datasets → DataLoaders: any dataset with its own collate, or images → {"pixel_values": [B, C, H, W] in [-1, 1],
+"labels": [B] (when the dataset has them)}."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +27,24 @@ def load_train_dataset(args, resolution: int):
     return dataset
 
 
-def make_dataloader(args, dataset, resolution: int, channels: int) -> torch.utils.data.DataLoader:
+def make_dataloader(args, dataset, collate_fn: Callable[[list], dict]) -> torch.utils.data.DataLoader:
+    """Any map-style dataset, shuffled by a seeded generator (accelerate's seedable sampler then gives every
+    epoch and a resumed run the same order), `--train_batch_size`, full batches only once there are enough."""
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty")
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= args.train_batch_size,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def make_image_dataloader(args, dataset, resolution: int, channels: int) -> torch.utils.data.DataLoader:
+    """An image dataset (+ labels when it has `--label_column`) → batches of `pixel_values` in [-1, 1]."""
     transform = ImageTransform(
         resolution,
         channels,
@@ -46,12 +66,4 @@ def make_dataloader(args, dataset, resolution: int, channels: int) -> torch.util
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
         return batch
 
-    return torch.utils.data.DataLoader(
-        dataset.with_transform(to_tensors),
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= args.train_batch_size,
-        collate_fn=collate,
-        num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    return make_dataloader(args, dataset.with_transform(to_tensors), collate)

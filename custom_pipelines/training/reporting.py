@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -84,14 +85,45 @@ def plot_loss_curve(output_dir: str, filename: str = "loss_curve.png") -> str | 
     return path
 
 
-def write_model_card(output_dir: str, *, family: str, description: str, args, pipeline_class: str, tags=()) -> str:
-    """README.md with Hub metadata (library_name diffusers), how to load it, and the training settings."""
+@dataclass(frozen=True)
+class ModelCardInfo:
+    """What the model card says about a run: built from the pipeline and the script that really ran."""
+
+    family: str
+    pipeline_class: str
+    description: str = ""
+    script: str | None = None  # the training script's __file__
+    example_call_kwargs: dict = field(default_factory=dict)  # the usage snippet's pipeline call
+
+    def usage_snippet(self, repo_id: str) -> str:
+        call = ", ".join([*(f"{k}={v!r}" for k, v in self.example_call_kwargs.items()), "generator=generator"])
+        return (
+            "import torch\n"
+            f"from custom_pipelines import {self.pipeline_class}\n\n"
+            f"pipe = {self.pipeline_class}.from_pretrained({repo_id!r})\n"
+            "generator = torch.Generator().manual_seed(0)\n"
+            f"images = pipe({call}).images\n"
+            'images[0].save("sample.png")\n'
+        )
+
+    def training_command(self) -> str:
+        if self.script is None:
+            return "Trained with `custom_pipelines`."
+        stem = os.path.splitext(os.path.basename(self.script))[0]
+        return (
+            f"Trained with `accelerate launch training/{stem}.py` from a clone of `custom_pipelines` (installed: "
+            f"`accelerate launch -m custom_pipelines.scripts.{stem}`) and the flags below."
+        )
+
+
+def write_model_card(output_dir: str, card: ModelCardInfo, args, tags=()) -> str:
+    """README.md with Hub metadata (library_name diffusers), how to load and sample it, and the training flags."""
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
-        tags=["custom_pipelines", "diffusers", family, *tags],
+        tags=["custom_pipelines", "diffusers", card.family, *tags],
         datasets=[args.dataset_name] if getattr(args, "dataset_name", None) else None,
     )
     flags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()) if k != "hub_token")
@@ -102,23 +134,18 @@ def write_model_card(output_dir: str, *, family: str, description: str, args, pi
 
 # {os.path.basename(os.path.abspath(output_dir))}
 
-{description}
+{card.description}
 
 {samples}
 ## Use
 
 ```python
-import torch
-from custom_pipelines import {pipeline_class}
-
-pipe = {pipeline_class}.from_pretrained("{args.hub_model_id or output_dir}")
-images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images
-```
+{card.usage_snippet(args.hub_model_id or output_dir)}```
 
 ## Training
 
-Trained with `custom_pipelines` (`training/train_{family}.py`). Loss curve: `loss_curve.png`; sample grids per
-validation step: `samples/`; TensorBoard logs: `logs/`.
+{card.training_command()} Loss curve: `loss_curve.png`; sample grids per validation step: `samples/`; TensorBoard
+logs: `logs/`.
 
 | flag | value |
 |---|---|

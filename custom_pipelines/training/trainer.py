@@ -39,8 +39,15 @@ from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .compile_check import install_compile_check, is_compiled
-from .data import load_train_dataset, make_dataloader
-from .reporting import append_metrics, image_grid, plot_loss_curve, push_folder_to_hub, write_model_card
+from .data import load_train_dataset, make_dataloader, make_image_dataloader
+from .reporting import (
+    ModelCardInfo,
+    append_metrics,
+    image_grid,
+    plot_loss_curve,
+    push_folder_to_hub,
+    write_model_card,
+)
 
 logger = get_logger(__name__)
 SUMMARY_FILE = "training_summary.json"
@@ -124,7 +131,7 @@ class Trainer:
     """Runs `training_step` over the data until `--max_train_steps` optimizer updates (or `--num_epochs`).
 
     Args:
-        args: the parsed common flags (`training.core.add_common_args`) plus the script's own.
+        args: the parsed common flags (`custom_pipelines.training.add_common_args`) plus the script's own.
         accelerator: from `create_accelerator(args)`.
         models: trained modules by name, e.g. `{"unet": unet}` or `{"generator": g, "discriminator": d}`.
         optimizers: one optimizer per updated model, same names; each gets its own lr scheduler.
@@ -134,10 +141,20 @@ class Trainer:
         build_pipeline: `fn(trainer) -> DiffusionPipeline` on the current (EMA-swapped) weights; needed for
             `--eval_fid_every`. `eval_pipeline_kwargs` go to its calls (e.g. `num_inference_steps`).
         ema_models: names of models that keep an EMA copy (used for validation and the saved pipeline).
-        image_channels, resolution: what the data is turned into.
+        frozen_models: networks the step uses but does not train (a VAE, a text encoder, a perceptual network):
+            moved to the device, cast to the compute dtype, eval mode, no gradients, not in checkpoints;
+            available as `trainer.frozen[name]`.
+        optimizer_step_every: optimizer name → k when it steps once every k updates (a GAN generator under
+            `n_critic`); its lr schedule and warm-up are sized to its own number of steps. Default 1.
+        image_channels, resolution: what the data is turned into (the built-in image path).
+        dataset: the training examples; default: `--dataset_name` / `--train_data_dir` as images.
+        collate_fn: `fn(list of dataset items) -> batch dict`; when given, `dataset` is used as it is (LR/HR
+            pairs, two domains, cached latents, image + caption). Without it the items are images (and labels),
+            transformed to `pixel_values` in [-1, 1].
         extra_state: optional object with JSON-able `state_dict()` / `load_state_dict()` (e.g. a growing stage),
             saved in every checkpoint.
-        family, pipeline_class, description: for the model card.
+        family, pipeline_class, description, script, example_call_kwargs: for the model card (`script` is the
+            training script's `__file__`; `example_call_kwargs` the pipeline call its usage snippet shows).
     """
 
     def __init__(
@@ -151,82 +168,99 @@ class Trainer:
         sample_images: Callable[[Trainer], torch.Tensor],
         save_pipeline: Callable[[Trainer, str], Any],
         ema_models: Iterable[str] = (),
+        frozen_models: dict[str, torch.nn.Module] | None = None,
+        optimizer_step_every: dict[str, int] | None = None,
         image_channels: int = 3,
         resolution: int,
         extra_state: Any = None,
         family: str,
         pipeline_class: str,
         description: str = "",
+        script: str | None = None,
+        example_call_kwargs: dict | None = None,
         dataset=None,
+        collate_fn: Callable[[list], dict] | None = None,
         build_pipeline: Callable[[Trainer], Any] | None = None,
         eval_pipeline_kwargs: dict | None = None,
     ):
-        unknown = set(optimizers) - set(models)
-        if unknown:
-            raise ValueError(f"optimizers {sorted(unknown)} have no model of the same name in {sorted(models)}")
+        frozen = dict(frozen_models or {})
+        _check_names(models, optimizers, frozen, optimizer_step_every or {})
         self.args, self.accelerator = args, accelerator
         self.training_step, self.sample_images, self.save_pipeline = training_step, sample_images, save_pipeline
-        self.extra_state, self.family, self.pipeline_class, self.description = (
-            extra_state,
-            family,
-            pipeline_class,
-            description,
-        )
+        self.extra_state = extra_state
+        self.card = ModelCardInfo(family, pipeline_class, description, script, dict(example_call_kwargs or {}))
+        self.family = family
         self.build_pipeline, self.eval_pipeline_kwargs = build_pipeline, dict(eval_pipeline_kwargs or {})
         if getattr(args, "eval_fid_every", 0) and build_pipeline is None:
             raise ValueError(f"--eval_fid_every is not supported by the {family} script (it gives no build_pipeline)")
         self._eval_reference = None
-        self.dataset = dataset if dataset is not None else load_train_dataset(args, resolution)
-        dataloader = make_dataloader(args, self.dataset, resolution, image_channels)
-
-        # Per-process batches: a prepared dataloader is sharded, so count from the shard's length.
-        shard_len = math.ceil(len(dataloader) / accelerator.num_processes)
-        self.updates_per_epoch = max(1, math.ceil(shard_len / args.gradient_accumulation_steps))
-        self.max_train_steps = args.max_train_steps or args.num_epochs * self.updates_per_epoch
-        n = accelerator.num_processes  # prepared lr schedulers step once per process
-        lr_schedulers = {
-            name: get_scheduler(
-                args.lr_scheduler,
-                opt,
-                num_warmup_steps=args.lr_warmup_steps * n,
-                num_training_steps=self.max_train_steps * n,
-            )
-            for name, opt in optimizers.items()
-        }
-        names_m, names_o = list(models), list(optimizers)
-        # before prepare, so that a compiled model traces the chosen attention
-        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-        self.attention_backend = resolve_attention_backend(
-            getattr(args, "attention_backend", "auto"), accelerator.device, compute_dtype
+        self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            accelerator.mixed_precision, torch.float32
         )
-        for model in models.values():
-            set_attention_backend(model, self.attention_backend)
-        prepared = accelerator.prepare(*models.values(), *optimizers.values(), *lr_schedulers.values(), dataloader)
-        self.models = dict(zip(names_m, prepared[: len(names_m)]))
-        self.optimizers = dict(zip(names_o, prepared[len(names_m) : len(names_m) + len(names_o)]))
-        self.lr_schedulers = dict(zip(names_o, prepared[len(names_m) + len(names_o) : -1]))
-        self.dataloader = prepared[-1]
-        if getattr(args, "compile_check", "on") == "on":
-            for name, model in self.models.items():
-                if accelerator.num_processes == 1:
-                    install_compile_check(model, name, low_precision=accelerator.mixed_precision != "no")
-                elif is_compiled(model):
-                    logger.warning(f"--compile_check skipped for {name!r}: it runs in single-process training only")
-        self.updates_per_epoch = max(1, math.ceil(len(self.dataloader) / args.gradient_accumulation_steps))
-        self.emas = {
-            name: EMAModel(
-                self.unwrap(name).parameters(),
-                decay=args.ema_max_decay,
-                use_ema_warmup=True,
-                inv_gamma=args.ema_inv_gamma,
-                power=args.ema_power,
-                foreach=True,
-            )
-            for name in (ema_models if args.use_ema else ())
+        self._set_attention(models)  # before prepare, so that a compiled model traces the chosen attention
+        self._prepare(models, optimizers, self._dataloader(dataset, collate_fn, resolution, image_channels))
+        self.updates_per_epoch = _updates_per_epoch(len(self.dataloader), args.gradient_accumulation_steps)
+        self.max_train_steps = args.max_train_steps or args.num_epochs * self.updates_per_epoch
+        self.optimizer_step_every = {name: (optimizer_step_every or {}).get(name, 1) for name in optimizers}
+        self.lr_schedulers = {
+            name: accelerator.prepare_scheduler(schedule) for name, schedule in self._lr_schedulers(optimizers).items()
         }
+        self.frozen = {name: _freeze(m, accelerator.device, self.compute_dtype) for name, m in frozen.items()}
+        self.emas = {name: self._ema(name) for name in (ema_models if args.use_ema else ())}
         self.global_step = 0
         if args.report_to != "none":
             accelerator.init_trackers(f"train_{family}", config=_scalar_config(args))
+
+    def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int):
+        self.dataset = dataset if dataset is not None else load_train_dataset(self.args, resolution)
+        if collate_fn is not None:
+            return make_dataloader(self.args, self.dataset, collate_fn)
+        return make_image_dataloader(self.args, self.dataset, resolution, image_channels)
+
+    def _lr_schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+        """One schedule per optimizer, sized by that optimizer's own number of steps (prepared lr schedulers step
+        once per process, hence × num_processes)."""
+        n, args = self.accelerator.num_processes, self.args
+        return {
+            name: get_scheduler(
+                args.lr_scheduler,
+                opt,
+                num_warmup_steps=math.ceil(args.lr_warmup_steps / self.optimizer_step_every[name]) * n,
+                num_training_steps=math.ceil(self.max_train_steps / self.optimizer_step_every[name]) * n,
+            )
+            for name, opt in optimizers.items()
+        }
+
+    def _set_attention(self, models: dict[str, torch.nn.Module]) -> None:
+        self.attention_backend = resolve_attention_backend(
+            getattr(self.args, "attention_backend", "auto"), self.accelerator.device, self.compute_dtype
+        )
+        for model in models.values():
+            set_attention_backend(model, self.attention_backend)
+
+    def _prepare(self, models, optimizers, dataloader) -> None:
+        acc, names_m, names_o = self.accelerator, list(models), list(optimizers)
+        prepared = acc.prepare(*models.values(), *optimizers.values(), dataloader)
+        self.models = dict(zip(names_m, prepared[: len(names_m)]))
+        self.optimizers = dict(zip(names_o, prepared[len(names_m) : -1]))
+        self.dataloader = prepared[-1]  # sharded: its length is the batches of one process
+        if getattr(self.args, "compile_check", "on") == "on":
+            for name, model in self.models.items():
+                if acc.num_processes == 1:
+                    install_compile_check(model, name, low_precision=acc.mixed_precision != "no")
+                elif is_compiled(model):
+                    logger.warning(f"--compile_check skipped for {name!r}: it runs in single-process training only")
+
+    def _ema(self, name: str) -> EMAModel:
+        args = self.args
+        return EMAModel(
+            self.unwrap(name).parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            foreach=True,
+        )
 
     # ----- used by training steps -----------------------------------------------------------------------------
     @property
@@ -316,7 +350,8 @@ class Trainer:
             k: float(torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vs]).mean())
             for k, vs in pending.items()
         }
-        logs["lr"] = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0] if self.lr_schedulers else 0.0
+        for name, schedule in self.lr_schedulers.items():  # `lr` alone, or `lr_<name>` for each of several
+            logs["lr" if len(self.lr_schedulers) == 1 else f"lr_{name}"] = schedule.get_last_lr()[0]
         self.accelerator.log(logs, step=self.global_step)
         if self.accelerator.is_main_process:
             append_metrics(self.args.output_dir, self.global_step, logs)
@@ -441,13 +476,7 @@ class Trainer:
             }
             write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
             curve = plot_loss_curve(args.output_dir)
-            write_model_card(
-                args.output_dir,
-                family=self.family,
-                description=self.description,
-                args=args,
-                pipeline_class=self.pipeline_class,
-            )
+            write_model_card(args.output_dir, self.card, args)
             logger.info(f"saved pipeline to {args.output_dir}; loss curve {curve}", main_process_only=True)
             if args.push_to_hub:
                 push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
@@ -460,6 +489,30 @@ class Trainer:
             # Releasing the GIL for a moment lets the worker finish first.
             time.sleep(1.0)
         acc.end_training()
+
+
+def _check_names(models: dict, optimizers: dict, frozen: dict, step_every: dict) -> None:
+    unknown = set(optimizers) - set(models)
+    if unknown:
+        raise ValueError(f"optimizers {sorted(unknown)} have no model of the same name in {sorted(models)}")
+    both = set(frozen) & set(models)
+    if both:
+        raise ValueError(f"frozen_models {sorted(both)} are also trained models: a network is one or the other")
+    for name, every in step_every.items():
+        if name not in optimizers:
+            raise ValueError(f"optimizer_step_every names {name!r}, which is not an optimizer {sorted(optimizers)}")
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"optimizer_step_every[{name!r}] must be a positive integer, got {every!r}")
+
+
+def _updates_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer updates per epoch from the batches of one process (the prepared, sharded dataloader)."""
+    return max(1, math.ceil(num_batches / gradient_accumulation_steps))
+
+
+def _freeze(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    model.requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def _scalar_config(args) -> dict:

@@ -5,9 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from custom_pipelines.training import compile_check
+from custom_pipelines.training.compile_check import (
+    CompiledGradientMismatch,
+    check_compiled_gradients,
+    install_compile_check,
+)
 from training import train_ddpm
-from training.core import compile_check
-from training.core.compile_check import CompiledGradientMismatch, check_compiled_gradients, install_compile_check
 
 
 class ConvNet(torch.nn.Module):

@@ -8,8 +8,8 @@ from diffusers import UNet2DModel
 
 from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
 from custom_pipelines.schedulers.scheduling_ddpm_ancestral import DDPMAncestralScheduler
+from custom_pipelines.training import read_metrics
 from training import train_cfg, train_ddpm
-from training.core import read_metrics
 
 
 def reset_accelerate():

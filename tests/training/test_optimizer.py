@@ -2,7 +2,7 @@ import argparse
 
 import torch
 
-from training.core.trainer import adamw
+from custom_pipelines.training.trainer import adamw
 
 
 def _args():
@@ -40,7 +40,7 @@ def test_adamw_overrides_learning_rate_and_betas():
 def test_adamw_falls_back_to_foreach_on_devices_without_a_fused_kernel(monkeypatch):
     from types import SimpleNamespace
 
-    from training.core import trainer
+    from custom_pipelines.training import trainer
 
     monkeypatch.setattr(trainer, "PartialState", lambda: SimpleNamespace(device=torch.device("meta")))
     optimizer = adamw([torch.nn.Parameter(torch.zeros(3))], _args())

@@ -5,7 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from training.core.reporting import append_metrics, image_grid, plot_loss_curve, read_metrics, write_model_card
+from custom_pipelines.training.reporting import (
+    ModelCardInfo,
+    append_metrics,
+    image_grid,
+    plot_loss_curve,
+    read_metrics,
+    write_model_card,
+)
 
 
 def test_image_grid_layout_and_upscaling():
@@ -28,7 +35,16 @@ def test_loss_curve_and_model_card(tmp_path):
     path = plot_loss_curve(str(tmp_path))
     assert Image.open(path).size[0] > 300
     args = argparse.Namespace(dataset_name="digits", hub_model_id=None, hub_token="secret", learning_rate=1e-4)
-    card = open(write_model_card(str(tmp_path), family="ddpm", description="A test.", args=args,
-                                 pipeline_class="UnconditionalDiffusionPipeline")).read()  # fmt: skip
+    info = ModelCardInfo("ddpm", "UnconditionalDiffusionPipeline", "A test.", "/x/training/train_ddpm.py", {"batch_size": 4})
+    card = open(write_model_card(str(tmp_path), info, args)).read()
     assert card.startswith("---") and "library_name: diffusers" in card and "A test." in card
     assert "secret" not in card  # the hub token never lands in the card
+    assert "pipe(batch_size=4, generator=generator)" in card
+    assert "accelerate launch training/train_ddpm.py" in card and "-m custom_pipelines.scripts.train_ddpm" in card
+
+
+def test_card_snippet_without_a_script_or_call_kwargs():
+    info = ModelCardInfo("gan", "GANPipeline")
+    assert "images = pipe(generator=generator).images" in info.usage_snippet("user/repo")
+    assert "from_pretrained('user/repo')" in info.usage_snippet("user/repo")
+    assert info.training_command() == "Trained with `custom_pipelines`."

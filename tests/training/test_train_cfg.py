@@ -10,8 +10,8 @@ import torch
 
 from custom_pipelines.models.unet_class_concat import ClassConcatUNet2DModel
 from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
+from custom_pipelines.training import list_checkpoints, read_metrics
 from training import train_cfg
-from training.core import list_checkpoints, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

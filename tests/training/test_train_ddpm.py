@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
 from custom_pipelines.precision import resolve_mixed_precision
+from custom_pipelines.training import list_checkpoints, read_metrics
 from training import train_ddpm
-from training.core import list_checkpoints, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ from custom_pipelines.gan.stylegan import StyleGANDiscriminator, StyleGANGenerat
 from custom_pipelines.gan.training_utils import progan_reals
 from custom_pipelines.pipelines.pipeline_gan import GANPipeline
 from custom_pipelines.pipelines.pipeline_stylegan import StyleGANPipeline
+from custom_pipelines.training import list_checkpoints, read_metrics
 from training import train_gan
-from training.core import list_checkpoints, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = {"channel_base": 64, "channel_max": 8}
