@@ -11,6 +11,7 @@ import torch
 from custom_pipelines.models.unet_class_concat import ClassConcatUNet2DModel
 from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
 from custom_pipelines.training import list_checkpoints, read_metrics
+from tests.utils import run_model_card_snippet
 from training import train_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,8 @@ def test_train_save_reload_and_sample_by_name(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in metrics)
     assert 0 < np.mean([m["null_label_fraction"] for m in metrics]) < 1  # half the labels were dropped
     assert "ClassConditionalDiffusionPipeline" in (out / "README.md").read_text()
+    sample = run_model_card_snippet(out, tmp_path, num_inference_steps=2)  # the card's snippet runs as written
+    assert sample.size[0] == sample.size[1] > 0
 
     pipe = ClassConditionalDiffusionPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)

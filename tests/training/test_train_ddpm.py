@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
 from custom_pipelines.precision import resolve_mixed_precision
 from custom_pipelines.training import list_checkpoints, read_metrics
+from tests.utils import run_model_card_snippet
 from training import train_ddpm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +43,10 @@ def test_train_save_reload_and_sample(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(m["loss"]) for m in metrics)
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "UnconditionalDiffusionPipeline" in card
+    assert "accelerate launch training/train_ddpm.py" in card
+    # the card's usage snippet runs as written (the folder is its repo id here), fewer steps for speed
+    sample = run_model_card_snippet(out, tmp_path, num_inference_steps=2)
+    assert sample.size == (8, 8)
 
     pipe = UnconditionalDiffusionPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
