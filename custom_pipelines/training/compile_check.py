@@ -1,23 +1,11 @@
 """Check that a `torch.compile`d model computes the same gradients as the eager one before training on it.
 
-Why: PyTorch 2.13's CPU inductor backend miscompiles the backward of diffusers' `UpBlock2D` (ResnetBlock2D →
-Upsample2D). The gradient that flows back through the nearest-neighbour upsampling comes out as exactly zero, so
-everything below the lowest resolution (last down block, mid block, first up block: 108 of 182 parameter tensors
-of the digits UNet) silently stops learning. With `--dynamo_backend inductor` the `make demo` recipe reached
-digits-FID 0.94 against 0.46 in eager mode, with a loss curve only 6% higher: nothing in the logs shows it.
-A minimal pattern reproduces it: conv → GroupNorm → conv, + residual, ÷ 1.0 (the block's output_scale_factor),
-nearest upsample ×2 → conv (`benchmarks/repro_inductor_zero_grad.py`).
-See `benchmarks/RESULTS.md`.
-
-`install_compile_check(model)` hooks the first call of a compiled module. The check takes that call's real
-inputs (detached copies), runs forward + backward through the compiled module and through its eager
-`_orig_mod`, and compares the parameter gradients. Both runs use the same random projection of the outputs, the
-same RNG state and buffers, and the caller's autocast context. Afterwards gradients, buffers and RNG are put back
-as they were, so the training run itself is unchanged.
-
-On a mismatch on CPU the hook falls back once: it limits inductor's fusion to one operation per kernel
-(`limit_inductor_fusion`), which compiles the UNet correctly and still trains 8–14% faster than eager, and checks
-again. If that fails too, or on another device, it raises `CompiledGradientMismatch` with the worst parameters.
+Why: PyTorch 2.13's CPU inductor miscompiles the backward of diffusers' `UpBlock2D` (the gradient through the
+nearest upsampling comes out zero, and the layers below silently stop learning; docs/performance.md has the
+finding and its numbers). `install_compile_check(model)` compares the first call's parameter gradients, compiled vs
+eager, with the same inputs, projection, RNG and autocast, and restores everything afterwards. On a CPU mismatch it
+recompiles once with inductor's fusion limited (`limit_inductor_fusion`) and checks again; otherwise it raises
+`CompiledGradientMismatch`.
 """
 
 from __future__ import annotations

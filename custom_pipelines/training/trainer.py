@@ -113,8 +113,8 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch.optim.AdamW(fused=Tr
 def adamw(params: Iterable[torch.nn.Parameter], args, lr: float | None = None, betas=None) -> torch.optim.Optimizer:
     """AdamW from the common flags: PyTorch's fused kernel on CPU and CUDA.
 
-    On this project's CPU the fused step of the digits UNet takes 1.2 ms against 4.5 ms for `foreach=True`, which
-    on CPU loops over the parameters one kernel at a time. Elsewhere it falls back to `foreach`."""
+    Fused is several times faster than `foreach=True`, which on CPU loops over the parameters one kernel at a time
+    (docs/performance.md); elsewhere it falls back to `foreach`."""
     fused = PartialState().device.type in FUSED_ADAMW_DEVICES
     return torch.optim.AdamW(
         params,
@@ -482,11 +482,8 @@ class Trainer:
                 push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
         acc.wait_for_everyone()
         if acc.num_processes > 1:
-            # gloo's worker thread frees a finished collective (a Python-owned tensor, so it needs the GIL) just
-            # after wait() returns. If the interpreter tears DDP down before that, ~ProcessGroupGloo joins the
-            # thread while holding the GIL and the process never exits (seen in CI, py-spy: Reducer dealloc →
-            # ProcessGroupGloo::~ProcessGroupGloo → thread::join; worker: ~AsyncBarrierWork → gil_scoped_acquire).
-            # Releasing the GIL for a moment lets the worker finish first.
+            # let gloo's worker thread finish its last collective before DDP is torn down, or the process can hang
+            # at exit (docs/performance.md, "Multi-process CPU runs")
             time.sleep(1.0)
         acc.end_training()
 
