@@ -54,11 +54,11 @@ demo-cfg: $(STAMP)
 	@echo "samples: runs/cfg-digits/samples.png (row k = class k, guidance scale 2)"
 
 # A DCGAN on digits at 16×16 with the non-saturating loss + R1 (one D step per G step): readable digits in a few
-# CPU minutes, where WGAN-GP's five critic steps per generator step were still blurry.
+# CPU minutes, where WGAN-GP's five critic steps per generator step were still blurry. The loss, learning rate,
+# betas and R1 weight come from the variant's hub_configs/dcgan-digits-16/training_recipe.json.
 demo-gan: $(STAMP)
 	$(LAUNCH) training/train_gan.py --model_config dcgan-digits-16 --dataset_name digits \
-		--output_dir runs/dcgan-digits --max_train_steps $(GAN_STEPS) --train_batch_size 64 --loss ns_r1 \
-		--learning_rate 3e-4 --adam_beta1 0.5 --adam_beta2 0.999 --r1_gamma 0.1 --checkpointing_steps 1000 \
+		--output_dir runs/dcgan-digits --max_train_steps $(GAN_STEPS) --train_batch_size 64 --checkpointing_steps 1000 \
 		--checkpoints_total_limit 1 --validation_steps 500 --num_validation_images 36
 	$(BIN)/python -m training.sample --pipeline runs/dcgan-digits --num_images 64 --output runs/dcgan-digits/samples.png
 

@@ -109,8 +109,11 @@ class _StepClock:
 
 @contextlib.contextmanager
 def timed_trainer():
-    """Swap train_gan's Trainer for a subclass whose training_step records the clock, through its public arguments."""
-    clock, original = _StepClock(), train_gan.Trainer
+    """Swap the core's Trainer (which train_gan imports when it runs) for a subclass whose training_step records the
+    clock, through its public arguments."""
+    import custom_pipelines.training as core
+
+    clock, original = _StepClock(), core.Trainer
 
     class TimedTrainer(original):
         def __init__(self, *args, training_step, **kwargs):
@@ -124,11 +127,11 @@ def timed_trainer():
             super().train()
             clock.times.append(time.process_time())  # the end of the last step (its EMA update included)
 
-    train_gan.Trainer = TimedTrainer
+    core.Trainer = TimedTrainer
     try:
         yield clock
     finally:
-        train_gan.Trainer = original
+        core.Trainer = original
 
 
 def reset_accelerate_state() -> None:

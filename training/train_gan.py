@@ -4,24 +4,32 @@
         --output_dir runs/stylegan-digits --max_train_steps 3000
 
 `--model_config` (a `hub_configs/` variant, a folder laid out the same way, or a Hub repo id) gives the generator
-(the pipeline component) and the `discriminator/` config; its generator class picks the family. Each step is one
-discriminator update; the generator is updated every `--n_critic` steps. StyleGAN adds mixing regularization and
-tracks w_avg; ProGAN grows from 4×4, one fade-in and one stabilization phase of `--phase_steps` per resolution.
+(the pipeline component), the `discriminator/` config and `training_recipe.json`: the variant's objective and
+optimizer flags (`--loss`, `--learning_rate`, `--adam_beta1`, ...). A flag given on the command line wins over the
+recipe; without a recipe the flags' generic defaults apply. The generator class picks the family. Each step is one
+discriminator update; the generator is updated every `--n_critic` steps. A StyleGAN generator adds mixing
+regularization and tracks w_avg; a growing generator (ProGAN) starts at 4×4, with one fade-in and one stabilization
+phase of `--phase_steps` per resolution.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from custom_pipelines.cli import run_cli
 from custom_pipelines.hub.configs import resolve_variant
 from custom_pipelines.training.args import add_common_args, validate_common_args
+from custom_pipelines.training.recipe import RECIPE_FILE, parse_command_line, read_recipe
 
 # Heavy modules (torch, diffusers, accelerate) are imported inside the functions that use them, so `--help` and
 # flag errors answer at once.
-LOSSES = ("ns_r1", "wgan", "wgan_gp")
+logger = logging.getLogger(__name__)
+RECIPE_KEYS = ("loss", "learning_rate", "d_learning_rate", "adam_beta1", "adam_beta2", "n_critic", "reg_interval")
+EXAMPLE_TRUNCATION_PSI = 0.7  # what the model card's usage snippet shows for a StyleGAN
 
 
 @dataclass(frozen=True)
@@ -32,13 +40,7 @@ class Family:
     pipeline_name: str
     generator_name: str
     discriminator_name: str
-    loss: str  # the papers' objective, learning rate and Adam betas
-    learning_rate: float
-    betas: tuple[float, float]
-
-    @property
-    def component(self) -> str:
-        return "stylegan" if self.pipeline_name == "StyleGANPipeline" else "gan_generator"
+    component: str  # the generator's component name in the pipeline
 
     def _class(self, name: str) -> type:
         import custom_pipelines
@@ -58,28 +60,27 @@ class Family:
         return self._class(self.discriminator_name)
 
 
-BETAS_099 = (0.0, 0.99)  # Karras et al.'s Adam betas (ProGAN, StyleGAN)
 FAMILIES = {
     family.generator_name: family
     for family in (
-        # name, pipeline, generator, discriminator, the paper's loss, learning rate, Adam betas
-        Family("stylegan", "StyleGANPipeline", "StyleGANGenerator", "StyleGANDiscriminator", "ns_r1", 2e-3, BETAS_099),
-        Family("progan", "GANPipeline", "ProGANGenerator", "ProGANDiscriminator", "wgan_gp", 1e-3, BETAS_099),
-        Family("dcgan", "GANPipeline", "DCGANGenerator", "DCGANCritic", "wgan_gp", 1e-4, (0.0, 0.9)),
+        Family("stylegan", "StyleGANPipeline", "StyleGANGenerator", "StyleGANDiscriminator", "stylegan"),
+        Family("progan", "GANPipeline", "ProGANGenerator", "ProGANDiscriminator", "gan_generator"),
+        Family("dcgan", "GANPipeline", "DCGANGenerator", "DCGANCritic", "gan_generator"),
     )
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    # default learning rate and Adam betas without a recipe: Radford et al. 2016's (DCGAN)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    # GAN defaults: the family's lr and betas (filled in below), no gradient clipping, no warm-up, faster EMA
-    parser.set_defaults(learning_rate=None, adam_beta1=None, adam_beta2=None, max_grad_norm=0.0, lr_warmup_steps=0)
+    add_common_args(parser, default_learning_rate=2e-4)
+    # GAN defaults: no gradient clipping, no warm-up, faster EMA
+    parser.set_defaults(adam_beta1=0.5, adam_beta2=0.999, max_grad_norm=0.0, lr_warmup_steps=0)
     parser.set_defaults(lr_scheduler="constant", ema_max_decay=0.999)
-    gan = parser.add_argument_group("GAN")
+    gan = parser.add_argument_group("GAN (the variant's training_recipe.json replaces these defaults)")
     gan.add_argument("--model_config", default="stylegan-digits-32", help="hub_configs variant, folder or Hub repo id")
-    gan.add_argument("--loss", default=None, help=f"one of {LOSSES} (default: the family's)")
-    gan.add_argument("--n_critic", type=int, default=None, help="D steps per G step (default: 1 for ns_r1, else 5)")
+    gan.add_argument("--loss", default="ns_r1", help="ns_r1, wgan or wgan_gp (custom_pipelines.gan.losses)")
+    gan.add_argument("--n_critic", type=int, default=None, help="D steps per G step (default: the objective's)")
     gan.add_argument("--r1_gamma", type=float, default=1.0, help="R1 weight γ (the penalty is γ/2·E‖∇D‖²)")
     gan.add_argument("--gp_lambda", type=float, default=10.0, help="WGAN-GP weight λ")
     gan.add_argument("--clip_value", type=float, default=0.01, help="WGAN weight clipping bound")
@@ -89,40 +90,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gan.add_argument("--w_avg_beta", type=float, default=0.995, help="StyleGAN: decay of the tracked mean w")
     gan.add_argument("--truncation_psi", type=float, default=1.0, help="StyleGAN: ψ of the validation samples")
     gan.add_argument("--phase_steps", type=int, default=500, help="ProGAN: steps per fade-in / stabilization phase")
-    args = parser.parse_args(argv)
-    args.family = read_family(args)
-    fill_family_defaults(args)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, given = parse_command_line(parser, argv)
+    args.family = read_family(args.pretrained_model_name_or_path or args.model_config)
+    apply_recipe(args, parser, given)
+    fill_objective_defaults(args)
     validate_args(args)
     return args
 
 
-def read_family(args: argparse.Namespace) -> Family:
-    """The family is named by the generator class in the pretrained pipeline's or the config's model_index.json."""
-    folder = resolve_variant(args.pretrained_model_name_or_path or args.model_config)
+def family_of(folder: Path) -> Family | None:
+    """The family whose generator class the folder's model_index.json names; None for any other pipeline."""
     with open(folder / "model_index.json", encoding="utf-8") as f:
         index = json.load(f)
     for family in FAMILIES.values():
         if index.get(family.component, [None, None])[1] == family.generator_name:
             return family
-    raise ValueError(f"--model_config {args.model_config!r} names no GAN generator ({', '.join(FAMILIES)})")
+    return None
 
 
-def fill_family_defaults(args: argparse.Namespace) -> None:
-    family = args.family
-    args.loss = args.loss or family.loss
-    if args.learning_rate is None:  # WGAN with clipping: RMSProp at 5e-5 (Arjovsky et al. 2017, Algorithm 1)
-        args.learning_rate = 5e-5 if args.loss == "wgan" else family.learning_rate
-    args.adam_beta1 = family.betas[0] if args.adam_beta1 is None else args.adam_beta1
-    args.adam_beta2 = family.betas[1] if args.adam_beta2 is None else args.adam_beta2
-    args.d_learning_rate = args.d_learning_rate or args.learning_rate
+def read_family(name_or_path: str) -> Family:
+    """The family of a pipeline folder, variant or Hub repo id; ValueError for one that names no GAN generator."""
+    family = family_of(resolve_variant(name_or_path))
+    if family is None:
+        raise ValueError(f"model config {name_or_path!r} names no GAN generator ({', '.join(FAMILIES)})")
+    return family
+
+
+def find_recipe(args: argparse.Namespace) -> Path | None:
+    """The pretrained pipeline folder's recipe, else the --model_config variant's if it is the same family."""
+    for source in (args.pretrained_model_name_or_path, args.model_config):
+        folder = resolve_variant(source) if source else None
+        if folder is not None and (folder / RECIPE_FILE).is_file() and family_of(folder) == args.family:
+            return folder / RECIPE_FILE
+    return None
+
+
+def apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser, given: set) -> None:
+    """Set every recipe flag the command line did not give. A recipe is tuned for its loss: a different `--loss`
+    on the command line leaves it out (with a warning), like a missing recipe (generic defaults)."""
+    path = find_recipe(args)
+    args.training_recipe = None
+    if path is None:
+        source = args.pretrained_model_name_or_path or args.model_config
+        logger.warning(f"{source!r} has no {RECIPE_FILE}: generic GAN defaults for the flags not given")
+        return
+    recipe = read_recipe(path, parser)
+    if "loss" in given and recipe.get("loss", args.loss) != args.loss:
+        logger.warning(f"--loss {args.loss} is not the loss {path} is tuned for ({recipe['loss']}): recipe not used")
+        return
+    for key, value in recipe.items():
+        if key not in given:
+            setattr(args, key, value)
+    args.training_recipe = str(path)
+
+
+def fill_objective_defaults(args: argparse.Namespace) -> None:
+    """What neither the command line nor the recipe set: `--n_critic` (and WGAN's step size) from the objective."""
+    from custom_pipelines.gan.losses import GAN_OBJECTIVES
+
+    if args.loss not in GAN_OBJECTIVES:
+        raise ValueError(f"--loss must be one of {sorted(GAN_OBJECTIVES)}, got {args.loss!r}")
+    objective = GAN_OBJECTIVES[args.loss]
+    args.n_critic = objective.n_critic if args.n_critic is None else args.n_critic
+    if args.learning_rate is None:
+        args.learning_rate = objective.default_learning_rate  # None: the generic default (validate_common_args)
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    validate_common_args(args)
-    if args.loss not in LOSSES:
-        raise ValueError(f"--loss must be one of {LOSSES}, got {args.loss!r}")
+    validate_common_args(args)  # fills the generic --learning_rate where nothing set it
+    args.d_learning_rate = args.learning_rate if args.d_learning_rate is None else args.d_learning_rate
     for name in ("n_critic", "reg_interval", "phase_steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+        if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.gradient_accumulation_steps != 1:
         raise ValueError(f"--gradient_accumulation_steps must be 1 for GANs, got {args.gradient_accumulation_steps}")
@@ -160,48 +203,60 @@ def progan_phase(step: int, phase_steps: int, max_stage: int) -> tuple[int, floa
     return stage, (into / phase_steps if fading else 1.0)
 
 
-def make_optimizer(model, args: argparse.Namespace, lr: float):
+def make_optimizer(model, objective, args: argparse.Namespace, lr: float):
     import torch
 
     from custom_pipelines.training import adamw
 
-    if args.loss == "wgan":  # Arjovsky et al. 2017: momentum-based optimizers destabilize weight-clipped WGAN
+    if objective.optimizer == "rmsprop":
         return torch.optim.RMSprop(model.parameters(), lr=lr)
-    elif args.loss in ("ns_r1", "wgan_gp"):
+    elif objective.optimizer == "adam":
         return adamw(model.parameters(), args, lr=lr)
     else:
-        raise ValueError(f"--loss must be one of {LOSSES}, got {args.loss!r}")
+        raise ValueError(f"objective optimizer must be 'adam' or 'rmsprop', got {objective.optimizer!r}")
+
+
+def used_recipe(args: argparse.Namespace, objective) -> dict:
+    """The objective and optimizer flags this run trained with, saved as the output's training_recipe.json."""
+    from dataclasses import fields
+
+    return {name: getattr(args, name) for name in (*RECIPE_KEYS, *(field.name for field in fields(objective)))}
 
 
 def main(args: argparse.Namespace) -> str:
+    import inspect
+    import os
+
     import torch
     import torch.nn.functional as F
     from accelerate.utils import DistributedDataParallelKwargs, DynamoBackend
 
-    from custom_pipelines.gan.losses import gan_losses
+    from custom_pipelines.gan.losses import gan_objective
     from custom_pipelines.gan.training_utils import GeneratorForward, progan_reals
+    from custom_pipelines.io import write_json
     from custom_pipelines.training import Trainer, create_accelerator
 
     family = args.family
     accelerator = create_accelerator(args)
-    penalty = {"ns_r1": args.r1_gamma, "wgan_gp": args.gp_lambda}.get(args.loss, 0.0)
-    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO and penalty > 0:
+    reg_interval = args.reg_interval  # lazy regularization: the penalty weight ×k every k steps (StyleGAN2)
+    objective = gan_objective(args.loss, args.r1_gamma * reg_interval, args.gp_lambda * reg_interval, args.clip_value)
+    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO and objective.needs_double_backward:
         raise ValueError(
             f"--loss {args.loss} takes the gradient of a gradient (its penalty), which torch.compile cannot "
             "differentiate (aot_autograd has no double backward): launch with --dynamo_backend no, or use "
             "--loss wgan"
         )
-    if family.name == "progan":  # the layers of the other resolutions get no gradient
-        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     generator, discriminator = build_models(args)
+    grows = hasattr(generator, "max_stage")  # ProGAN: trains from 4×4 up to its final resolution
+    tracks_w_avg = hasattr(generator, "update_w_avg")  # StyleGAN: the mean w that truncation pulls towards
+    if grows:  # the layers of the other resolutions get no gradient
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     resolution = args.resolution or generator.config.resolution
     if resolution != generator.config.resolution:
         raise ValueError(f"--resolution must be the model's {generator.config.resolution} for GANs, got {resolution}")
-    losses = gan_losses(
-        args.loss, args.r1_gamma * args.reg_interval, args.gp_lambda * args.reg_interval, args.clip_value
-    )
-    n_critic = args.n_critic or losses.discriminator_steps
     z_dim = generator.config.z_dim
+    takes_truncation = "truncation_psi" in inspect.signature(family.pipeline.__call__).parameters
+    example_call_kwargs = {"batch_size": 16} | ({"truncation_psi": EXAMPLE_TRUNCATION_PSI} if takes_truncation else {})
 
     def set_growth(trainer) -> tuple[int, float]:
         stage, alpha = progan_phase(trainer.global_step, args.phase_steps, generator.max_stage)
@@ -211,22 +266,22 @@ def main(args: argparse.Namespace) -> str:
 
     def training_step(trainer, batch: dict) -> dict:
         reals, step = batch["pixel_values"], trainer.global_step
-        if family.name == "progan":
+        if grows:
             reals = progan_reals(reals, *set_growth(trainer))
-        g_step, d_model = trainer.models["generator"], trainer.models["discriminator"]
+        g_forward, d_model = trainer.models["generator"], trainer.models["discriminator"]
         # 1. discriminator update on detached fakes (gradients the generator step left in D are dropped first)
         trainer.optimizers["discriminator"].zero_grad(set_to_none=True)
         with torch.no_grad():
-            fakes, _ = g_step(torch.randn(reals.shape[0], z_dim, device=reals.device))
-        d_loss, logs = losses.discriminator_loss(d_model, reals, fakes, regularize=step % args.reg_interval == 0)
+            fakes, _ = g_forward(torch.randn(reals.shape[0], z_dim, device=reals.device))
+        d_loss, logs = objective.discriminator_loss(d_model, reals, fakes, regularize=step % reg_interval == 0)
         trainer.backward_and_step("discriminator", d_loss)
-        losses.after_discriminator_step(trainer.unwrap("discriminator"))
+        objective.after_discriminator_step(trainer.unwrap("discriminator"))
         # 2. generator update every n_critic steps
-        if (step + 1) % n_critic == 0:
-            fakes, ws = g_step(torch.randn(reals.shape[0], z_dim, device=reals.device))
-            g_loss = losses.generator_loss(d_model(fakes))
+        if (step + 1) % args.n_critic == 0:
+            fakes, ws = g_forward(torch.randn(reals.shape[0], z_dim, device=reals.device))
+            g_loss = objective.generator_loss(d_model(fakes))
             trainer.backward_and_step("generator", g_loss)
-            if ws is not None:
+            if tracks_w_avg:
                 generator.update_w_avg(ws, args.w_avg_beta)
             logs["g_loss"] = g_loss.detach()
         return logs
@@ -235,7 +290,7 @@ def main(args: argparse.Namespace) -> str:
         return family.pipeline(**{family.component: trainer.unwrap("generator").model})
 
     def sample_images(trainer) -> torch.Tensor:
-        kwargs = {"truncation_psi": args.truncation_psi} if family.name == "stylegan" else {}
+        kwargs = {"truncation_psi": args.truncation_psi} if takes_truncation else {}
         generator_rng = torch.Generator(trainer.device).manual_seed(args.seed)
         images = pipeline(trainer)(
             batch_size=args.num_validation_images, generator=generator_rng, output_type="pt", **kwargs
@@ -243,21 +298,23 @@ def main(args: argparse.Namespace) -> str:
         return F.interpolate(images, size=resolution, mode="nearest")  # ProGAN samples at its current resolution
 
     def save_pipeline(trainer, output_dir: str) -> None:
-        if family.name == "progan":  # saved models sample at their final resolution
+        if grows:  # saved models sample at their final resolution
             for model in (generator, discriminator):
                 model.stage, model.fade_in_alpha = model.max_stage, 1.0
         pipeline(trainer).save_pretrained(output_dir)
         trainer.unwrap("discriminator").save_pretrained(f"{output_dir}/discriminator")
+        write_json(os.path.join(output_dir, RECIPE_FILE), used_recipe(args, objective))
 
-    g_step = GeneratorForward(generator, args.style_mixing_prob)
+    g_forward = GeneratorForward(generator, args.style_mixing_prob)
     trainer = Trainer(
         args,
         accelerator,
-        models={"generator": g_step, "discriminator": discriminator},
+        models={"generator": g_forward, "discriminator": discriminator},
         optimizers={
-            "generator": make_optimizer(g_step, args, args.learning_rate),
-            "discriminator": make_optimizer(discriminator, args, args.d_learning_rate),
+            "generator": make_optimizer(g_forward, objective, args, args.learning_rate),
+            "discriminator": make_optimizer(discriminator, objective, args, args.d_learning_rate),
         },
+        optimizer_step_every={"generator": args.n_critic},
         training_step=training_step,
         sample_images=sample_images,
         save_pipeline=save_pipeline,
@@ -268,8 +325,10 @@ def main(args: argparse.Namespace) -> str:
         pipeline_class=family.pipeline_name,
         description=f"{family.name} ({family.generator_name}, loss {args.loss}) trained on "
         f"{args.dataset_name or args.train_data_dir}.",
+        script=__file__,
+        example_call_kwargs=example_call_kwargs,
     )
-    if family.name == "progan" and trainer.max_train_steps <= args.phase_steps * 2 * generator.max_stage:
+    if grows and trainer.max_train_steps <= args.phase_steps * 2 * generator.max_stage:
         needed = args.phase_steps * 2 * generator.max_stage + 1
         raise ValueError(
             f"ProGAN reaches {resolution}² after {needed - 1} steps: give --max_train_steps >= {needed} "
