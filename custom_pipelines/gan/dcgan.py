@@ -57,9 +57,7 @@ class DCGANGenerator(ModelMixin, ConfigMixin):
         norm: Literal["batch", "none"] = "batch",
     ):
         super().__init__()
-        num_up = check_resolution(resolution) - 2
-        if num_up < 1:
-            raise ValueError(f"resolution must be >= 8 for DCGAN, got {resolution}")
+        num_up = check_resolution(resolution, minimum=8) - 2
         channels = base_channels * 2 ** (num_up - 1)
         layers = [nn.ConvTranspose2d(z_dim, channels, 4, 1, 0, bias=False), _generator_norm(norm, channels), nn.ReLU()]
         for _ in range(num_up - 1):
@@ -97,9 +95,7 @@ class DCGANCritic(ModelMixin, ConfigMixin):
         norm: Literal["layer", "none"] = "none",
     ):
         super().__init__()
-        num_down = check_resolution(resolution) - 2
-        if num_down < 1:
-            raise ValueError(f"resolution must be >= 8 for DCGAN, got {resolution}")
+        num_down = check_resolution(resolution, minimum=8) - 2
         channels = base_channels
         layers = [nn.Conv2d(img_channels, channels, 4, 2, 1), nn.LeakyReLU(LEAKY_RELU_SLOPE)]
         for _ in range(num_down - 1):

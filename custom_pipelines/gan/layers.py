@@ -24,10 +24,10 @@ Resample = Literal["none", "up", "down"]
 NoiseMode = Literal["random", "const", "none"]
 
 
-def check_resolution(resolution: int, name: str = "resolution") -> int:
-    """Return log2(resolution) for a power of two >= 4, else raise ValueError."""
-    if not isinstance(resolution, int) or resolution < 4 or resolution & (resolution - 1):
-        raise ValueError(f"{name} must be a power of two >= 4, got {resolution}")
+def check_resolution(resolution: int, name: str = "resolution", minimum: int = 4) -> int:
+    """Return log2(resolution) for a power of two >= `minimum`, else raise ValueError."""
+    if not isinstance(resolution, int) or resolution < minimum or resolution & (resolution - 1):
+        raise ValueError(f"{name} must be a power of two >= {minimum}, got {resolution}")
     return int(math.log2(resolution))
 
 
@@ -37,6 +37,11 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
     if channels < 1:
         raise ValueError(f"channel_base={channel_base} gives no channels at resolution {resolution}")
     return channels
+
+
+def channel_ladder(resolution: int, channel_base: int, channel_max: int) -> list[int]:
+    """Feature maps at 4×4, 8×8, ..., resolution×resolution: entry s is `channels_at(4 · 2^s, ...)`."""
+    return [channels_at(4 * 2**s, channel_base, channel_max) for s in range(check_resolution(resolution) - 1)]
 
 
 def leaky_relu(x: torch.Tensor) -> torch.Tensor:

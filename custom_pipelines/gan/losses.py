@@ -84,11 +84,13 @@ class GANObjective(abc.ABC):
             default for `--n_critic`.
         optimizer: `"adam"` or `"rmsprop"`, the optimizer family the objective is trained with.
         default_learning_rate: the step size the objective's paper prescribes with it, or None (WGAN: 5e-5).
+        penalty_field: the name of the field that weights the gradient penalty, or None for an objective without.
     """
 
     n_critic: ClassVar[int]
     optimizer: ClassVar[Literal["adam", "rmsprop"]] = "adam"
     default_learning_rate: ClassVar[float | None] = None
+    penalty_field: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def discriminator_loss(
@@ -118,7 +120,7 @@ class GANObjective(abc.ABC):
     @property
     def penalty_weight(self) -> float:
         """The weight of the discriminator's gradient penalty (R1's γ, WGAN-GP's λ); 0 for an objective without."""
-        return 0.0
+        return 0.0 if self.penalty_field is None else getattr(self, self.penalty_field)
 
     @property
     def needs_double_backward(self) -> bool:
@@ -136,10 +138,7 @@ class NonSaturatingR1(GANObjective):
 
     r1_gamma: float = 10.0
     n_critic = 1
-
-    @property
-    def penalty_weight(self) -> float:
-        return self.r1_gamma
+    penalty_field = "r1_gamma"
 
     def discriminator_loss(self, discriminator, real_images, fake_images, generator=None, regularize=True):
         regularize = regularize and self.r1_gamma > 0
@@ -201,10 +200,7 @@ class WGANGP(GANObjective):
 
     gp_lambda: float = 10.0
     n_critic = 5
-
-    @property
-    def penalty_weight(self) -> float:
-        return self.gp_lambda
+    penalty_field = "gp_lambda"
 
     def discriminator_loss(self, discriminator, real_images, fake_images, generator=None, regularize=True):
         loss, logs = _wasserstein_critic_loss(discriminator, real_images, fake_images)

@@ -23,7 +23,7 @@ from custom_pipelines.gan.layers import (
     EqualLinear,
     FromRGB,
     ToRGB,
-    channels_at,
+    channel_ladder,
     check_resolution,
     downsample_avg,
     leaky_relu,
@@ -35,10 +35,12 @@ from custom_pipelines.gan.layers import (
 class ProgressiveGrowing:
     """Run-time growth state shared by the ProGAN generator and discriminator (not part of the saved config)."""
 
-    def _init_growth(self, resolution: int) -> None:
+    def _init_growth(self, resolution: int, channel_base: int, channel_max: int) -> list[int]:
+        """Start at the final stage with α = 1; return the feature maps of each stage (entry s: 4·2^s × 4·2^s)."""
         self.max_stage = check_resolution(resolution) - 2
         self._stage = self.max_stage
         self._fade_in_alpha = 1.0
+        return channel_ladder(resolution, channel_base, channel_max)
 
     @property
     def stage(self) -> int:
@@ -111,8 +113,7 @@ class ProGANGenerator(ModelMixin, ConfigMixin, ProgressiveGrowing):
         channel_max: int = 512,
     ):
         super().__init__()
-        self._init_growth(resolution)
-        ch = [channels_at(4 * 2**s, channel_base, channel_max) for s in range(self.max_stage + 1)]
+        ch = self._init_growth(resolution, channel_base, channel_max)
         # the 4×4 "conv" on a 1×1 input is a dense layer; ProGAN gives it gain sqrt(2)/4 (16 outputs per input)
         self.input_dense = EqualLinear(z_dim, ch[0] * 16, gain=SQRT2 / 4, activation="lrelu")
         self.input_conv = EqualConv2d(ch[0], ch[0], 3)
@@ -157,8 +158,7 @@ class ProGANDiscriminator(ModelMixin, ConfigMixin, ProgressiveGrowing):
         mbstd_num_channels: int = 1,
     ):
         super().__init__()
-        self._init_growth(resolution)
-        ch = [channels_at(4 * 2**s, channel_base, channel_max) for s in range(self.max_stage + 1)]
+        ch = self._init_growth(resolution, channel_base, channel_max)
         self.from_rgb = nn.ModuleList(FromRGB(img_channels, c) for c in ch)
         # blocks[s - 1] takes stage s (resolution 4·2^s) down to stage s − 1
         self.blocks = nn.ModuleList(DiscriminatorBlock(ch[s], ch[s - 1]) for s in range(1, self.max_stage + 1))

@@ -24,7 +24,7 @@ from custom_pipelines.gan.layers import (
     NoiseInjection,
     NoiseMode,
     ToRGB,
-    channels_at,
+    channel_ladder,
     check_resolution,
     leaky_relu,
     pixel_norm,
@@ -142,14 +142,14 @@ class SynthesisNetwork(nn.Module):
 
     def __init__(self, resolution: int, img_channels: int, w_dim: int, channel_base: int, channel_max: int):
         super().__init__()
-        log2_res = check_resolution(resolution)
-        ch = [channels_at(2**i, channel_base, channel_max) for i in range(log2_res + 1)]
-        self.const = nn.Parameter(torch.ones(1, ch[2], 4, 4))
-        layers = [StyleLayer(ch[2], w_dim, 4), StyledConv(ch[2], ch[2], w_dim, 4)]
-        for i in range(3, log2_res + 1):
-            layers += [StyledConv(ch[i - 1], ch[i], w_dim, 2**i, up=True), StyledConv(ch[i], ch[i], w_dim, 2**i)]
+        ch = channel_ladder(resolution, channel_base, channel_max)
+        self.const = nn.Parameter(torch.ones(1, ch[0], 4, 4))
+        layers = [StyleLayer(ch[0], w_dim, 4), StyledConv(ch[0], ch[0], w_dim, 4)]
+        for s in range(1, len(ch)):
+            res = 4 * 2**s
+            layers += [StyledConv(ch[s - 1], ch[s], w_dim, res, up=True), StyledConv(ch[s], ch[s], w_dim, res)]
         self.layers = nn.ModuleList(layers)
-        self.to_rgb = ToRGB(ch[log2_res], img_channels)
+        self.to_rgb = ToRGB(ch[-1], img_channels)
         self.num_ws = len(layers)
 
     def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "random", generator=None) -> torch.Tensor:
@@ -259,11 +259,10 @@ class StyleGANDiscriminator(ModelMixin, ConfigMixin):
         residual: bool = False,
     ):
         super().__init__()
-        log2_res = check_resolution(resolution)
-        ch = [channels_at(2**i, channel_base, channel_max) for i in range(log2_res + 1)]
-        self.from_rgb = FromRGB(img_channels, ch[log2_res])
-        self.blocks = nn.ModuleList(DiscriminatorBlock(ch[i], ch[i - 1], residual) for i in range(log2_res, 2, -1))
-        self.epilogue = DiscriminatorEpilogue(ch[2], mbstd_group_size, mbstd_num_channels)
+        ch = channel_ladder(resolution, channel_base, channel_max)
+        self.from_rgb = FromRGB(img_channels, ch[-1])
+        self.blocks = nn.ModuleList(DiscriminatorBlock(ch[s], ch[s - 1], residual) for s in range(len(ch) - 1, 0, -1))
+        self.epilogue = DiscriminatorEpilogue(ch[0], mbstd_group_size, mbstd_num_channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Real/fake logits [B, 1] for images [B, img_channels, resolution, resolution] in [-1, 1]."""
