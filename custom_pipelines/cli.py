@@ -27,6 +27,15 @@ def run_cli(main: Callable[[], object]) -> None:
     sys.exit(result if isinstance(result, int) else 0)
 
 
+def console_entry(main: Callable[[], object]) -> Callable[[], None]:
+    """A script's console entry point (`[project.scripts]`, `if __name__ == "__main__"`): `run_cli(main)`."""
+
+    def entry() -> None:
+        run_cli(main)
+
+    return entry
+
+
 def add_fast_sampling_args(parser: argparse.ArgumentParser) -> None:
     """`--torch_dtype` and `--compile`, applied by `pipelines.fast_sampling.apply_fast_sampling_args`."""
     parser.add_argument(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from custom_pipelines.cli import add_fast_sampling_args, default_device, parse_class_labels, run_cli
+from custom_pipelines.cli import add_fast_sampling_args, console_entry, default_device, parse_class_labels
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """Console entry point: a user error prints one line and exits 1."""
-    run_cli(main)
+cli = console_entry(main)  # a user error prints one line and exits 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from custom_pipelines.cli import add_fast_sampling_args, add_timesteps_args, resolve_timesteps_args, run_cli
+from custom_pipelines.cli import add_fast_sampling_args, add_timesteps_args, console_entry, resolve_timesteps_args
 from custom_pipelines.options import SCHEDULER_NAMES
 
 
@@ -71,9 +71,7 @@ def main(args: argparse.Namespace) -> str:
     return args.output
 
 
-def cli() -> None:
-    """Console entry point: a user error prints one line and exits 1."""
-    run_cli(lambda: main(parse_args()))
+cli = console_entry(lambda: main(parse_args()))  # a user error prints one line and exits 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from custom_pipelines.cli import run_cli
+from custom_pipelines.cli import console_entry
 from custom_pipelines.options import CONDITIONING_METHODS
 from custom_pipelines.training.args import add_common_args, validate_common_args
 from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
@@ -128,9 +128,14 @@ def main(args: argparse.Namespace) -> str:
     from custom_pipelines.models.class_conditioning import conditioning_method, null_class_id
     from custom_pipelines.pipelines.guidance import drop_class_labels
     from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
-    from custom_pipelines.training import Trainer, adamw, create_accelerator
+    from custom_pipelines.training import create_accelerator
     from custom_pipelines.training.data import load_train_dataset
-    from custom_pipelines.training.diffusion import diffusion_loss, sample_validation_images, set_training_resolution
+    from custom_pipelines.training.diffusion import (
+        diffusion_loss,
+        sample_validation_images,
+        set_training_resolution,
+        unet_trainer,
+    )
 
     accelerator = create_accelerator(args)
     dataset = load_train_dataset(args, args.resolution or source_unet_config(args)["sample_size"])
@@ -159,16 +164,14 @@ def main(args: argparse.Namespace) -> str:
         )
 
     method = conditioning_method(unet)
-    trainer = Trainer(
+    trainer = unet_trainer(
         args,
         accelerator,
-        models={"unet": unet},
-        optimizers={"unet": adamw(unet.parameters(), args)},
+        unet,
+        pipeline=pipeline,
+        eval_pipeline_kwargs={"guidance_scale": args.validation_guidance_scale, "class_labels": validation_classes},
         training_step=training_step,
         sample_images=sample_images,
-        save_pipeline=lambda trainer, out: pipeline(trainer).save_pretrained(out),
-        ema_models=["unet"],
-        image_channels=unet.config.in_channels,
         resolution=resolution,
         family="cfg",
         pipeline_class="ClassConditionalDiffusionPipeline",
@@ -184,9 +187,7 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
-def cli() -> None:
-    """Console entry point: a user error prints one line and exits 1."""
-    run_cli(lambda: main(parse_args()))
+cli = console_entry(lambda: main(parse_args()))  # a user error prints one line and exits 1
 
 
 if __name__ == "__main__":

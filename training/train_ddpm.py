@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from custom_pipelines.cli import run_cli
+from custom_pipelines.cli import console_entry
 from custom_pipelines.options import BETA_SCHEDULES, LOSS_TYPES
 from custom_pipelines.training.args import add_common_args, validate_common_args
 from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
@@ -76,8 +76,13 @@ def main(args: argparse.Namespace) -> str:
     import torch
 
     from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
-    from custom_pipelines.training import Trainer, adamw, create_accelerator
-    from custom_pipelines.training.diffusion import diffusion_loss, sample_validation_images, set_training_resolution
+    from custom_pipelines.training import create_accelerator
+    from custom_pipelines.training.diffusion import (
+        diffusion_loss,
+        sample_validation_images,
+        set_training_resolution,
+        unet_trainer,
+    )
 
     accelerator = create_accelerator(args)
     unet, scheduler = build_models(args)
@@ -95,18 +100,13 @@ def main(args: argparse.Namespace) -> str:
     def sample_images(trainer) -> torch.Tensor:
         return sample_validation_images(pipeline(trainer), trainer, batch_size=args.num_validation_images)
 
-    trainer = Trainer(
+    trainer = unet_trainer(
         args,
         accelerator,
-        models={"unet": unet},
-        optimizers={"unet": adamw(unet.parameters(), args)},
+        unet,
+        pipeline=pipeline,
         training_step=training_step,
         sample_images=sample_images,
-        save_pipeline=lambda trainer, out: pipeline(trainer).save_pretrained(out),
-        build_pipeline=pipeline,
-        eval_pipeline_kwargs={"num_inference_steps": args.num_inference_steps},
-        ema_models=["unet"],
-        image_channels=unet.config.in_channels,
         resolution=resolution,
         family="ddpm",
         pipeline_class="UnconditionalDiffusionPipeline",
@@ -121,9 +121,7 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
-def cli() -> None:
-    """Console entry point: a user error prints one line and exits 1."""
-    run_cli(lambda: main(parse_args()))
+cli = console_entry(lambda: main(parse_args()))  # a user error prints one line and exits 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from custom_pipelines.cli import run_cli
+from custom_pipelines.cli import console_entry
 from custom_pipelines.hub.configs import resolve_variant
 from custom_pipelines.training.args import add_common_args, validate_common_args
 from custom_pipelines.training.recipe import RECIPE_FILE, parse_command_line, read_recipe
@@ -338,9 +338,7 @@ def main(args: argparse.Namespace) -> str:
     return args.output_dir
 
 
-def cli() -> None:
-    """Console entry point: a user error prints one line and exits 1."""
-    run_cli(lambda: main(parse_args()))
+cli = console_entry(lambda: main(parse_args()))  # a user error prints one line and exits 1
 
 
 if __name__ == "__main__":

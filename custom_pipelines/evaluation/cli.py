@@ -13,10 +13,10 @@ import math
 from custom_pipelines.cli import (
     add_fast_sampling_args,
     add_timesteps_args,
+    console_entry,
     default_device,
     parse_class_labels,
     resolve_timesteps_args,
-    run_cli,
 )
 from custom_pipelines.options import SCHEDULER_NAMES
 
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """Console entry point: a user error prints one line and exits 1."""
-    run_cli(main)
+cli = console_entry(main)  # a user error prints one line and exits 1
 
 
 if __name__ == "__main__":

@@ -81,3 +81,22 @@ def sample_validation_images(pipe, trainer, **call_kwargs):
         output_type="pt",
         **call_kwargs,
     ).images
+
+
+def unet_trainer(args, accelerator, unet, *, pipeline, eval_pipeline_kwargs: dict | None = None, **trainer_kwargs):
+    """The `Trainer` of a one-UNet diffusion family: fused AdamW and EMA on `unet`, `pipeline(trainer)` saved at the
+    end and sampled for `--eval_fid_every`. `trainer_kwargs`: the step, the validation grid and the card."""
+    from .trainer import Trainer, adamw
+
+    return Trainer(
+        args,
+        accelerator,
+        models={"unet": unet},
+        optimizers={"unet": adamw(unet.parameters(), args)},
+        save_pipeline=lambda trainer, output_dir: pipeline(trainer).save_pretrained(output_dir),
+        build_pipeline=pipeline,
+        eval_pipeline_kwargs={"num_inference_steps": args.num_inference_steps, **(eval_pipeline_kwargs or {})},
+        ema_models=["unet"],
+        image_channels=unet.config.in_channels,
+        **trainer_kwargs,
+    )

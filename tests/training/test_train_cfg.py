@@ -100,3 +100,13 @@ def test_script_reports_errors_without_traceback(tmp_path):
     )
     assert result.returncode != 0 and "--conditioning must be one of" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_fid_every_on_the_class_conditional_family(tmp_path, monkeypatch):
+    """The shared one-UNet trainer gives train_cfg FID during training too (guided samples, classes cycled)."""
+    monkeypatch.setenv("CUSTOM_PIPELINES_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    args = tiny_args(out, "--max_train_steps", "4", "--eval_fid_every", "4", "--eval_num_samples", "20")
+    train_cfg.main(train_cfg.parse_args(args))
+    (evaluation,) = [m for m in read_metrics(out) if "eval/fid" in m]
+    assert evaluation["step"] == 4 and evaluation["eval/fid"] > 0 and 0 <= evaluation["eval/recall"] <= 1
