@@ -1,10 +1,14 @@
 import os
+import tempfile
 
 # Nothing may reach the network during tests: datasets and huggingface_hub both honour these.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# diffusers copies the pipeline.py shims it runs into HF_MODULES_CACHE (read at import): one folder per test
+# process, so parallel workers never race on ~/.cache/huggingface/modules
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf-modules-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

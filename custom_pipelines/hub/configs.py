@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 
-
 def _hub_configs_dir() -> Path:
     """Where the variants are: the data package `custom_pipelines.hub_configs` of an installed wheel (or an editable
     install), else the clone's top-level `hub_configs/` (a checkout on `sys.path` without any install)."""
@@ -41,7 +40,8 @@ def resolve_variant(name_or_path: str | os.PathLike, component: str | None = Non
     from huggingface_hub import snapshot_download
 
     try:
-        patterns = ["model_index.json"] + ([f"{component}/*.json"] if component else ["*/*.json"])
+        components = [f"{component}/*.json"] if component else ["*/*.json"]
+        patterns = ["model_index.json", "training_recipe.json", *components]
         return Path(snapshot_download(str(name_or_path), allow_patterns=patterns, **hub_kwargs))
     except Exception as err:
         raise ValueError(

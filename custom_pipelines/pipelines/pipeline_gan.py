@@ -10,6 +10,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from custom_pipelines.gan.dcgan import DCGANGenerator
 from custom_pipelines.gan.progan import ProGANGenerator
+from custom_pipelines.hub.mixin import HubPipelineMixin
 
 from .utils import check_generator, check_latents, check_output_type, check_positive_int, postprocess_images
 
@@ -27,7 +28,7 @@ def check_common_inputs(batch_size: int, generator: GeneratorArg, output_type: s
     check_output_type(output_type, GAN_OUTPUT_TYPES)
 
 
-class GANPipeline(DiffusionPipeline):
+class GANPipeline(HubPipelineMixin, DiffusionPipeline):
     """Unconditional image generation with a ProGAN or DCGAN generator.
 
     Args:

@@ -13,6 +13,7 @@ from diffusers.utils import BaseOutput, make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 
 from custom_pipelines.gan.stylegan import StyleBand, StyleGANGenerator, style_band_layers
+from custom_pipelines.hub.mixin import HubPipelineMixin
 from custom_pipelines.pipelines.pipeline_gan import GeneratorArg, OutputType, check_common_inputs
 from custom_pipelines.pipelines.utils import check_latents, postprocess_images
 
@@ -35,7 +36,7 @@ class StyleMixOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
-class StyleGANPipeline(DiffusionPipeline):
+class StyleGANPipeline(HubPipelineMixin, DiffusionPipeline):
     """Unconditional image generation with a [`StyleGANGenerator`], plus style mixing and W-space interpolation.
 
     Args:

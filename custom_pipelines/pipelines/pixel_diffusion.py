@@ -14,6 +14,8 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from custom_pipelines.hub.mixin import HubPipelineMixin
+
 from .guidance import GuidanceFn, GuidanceStrength, check_loss_guidance, loss_guided_model_output
 from .utils import (
     check_batch_and_steps,
@@ -55,7 +57,7 @@ SAMPLING_ARGS_DOC = """\
 """
 
 
-class PixelDiffusionPipeline(DiffusionPipeline):
+class PixelDiffusionPipeline(HubPipelineMixin, DiffusionPipeline):
     r"""Base of our pixel-space diffusion pipelines (Ho et al. 2020, Algorithm 2, with any scheduler).
 
     Subclasses register `unet` and `scheduler` and call `_generate(model_fn, batch_size, **sampling)`. The runtime
@@ -97,6 +99,13 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         check_callback_inputs(tensor_inputs, self._callback_tensor_inputs, callback)
         check_loss_guidance(guidance_fn, guidance_strength, self.scheduler)
 
+    def _start(self, timesteps, batch_size: int, generator, latents, device, dtype) -> tuple[torch.Tensor, ...]:
+        """The timesteps to run and the sample at the first of them: all of them, from x_T ~ N(0, I) (or the given
+        `latents`) scaled to the first step's noise level (1 for DDPM/DDIM, σ_max for σ-space schedulers)."""
+        if latents is None:
+            latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
+        return timesteps, latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
     def _generate(
         self,
         model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -132,15 +141,13 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         # 1. The (possibly respaced, or the caller's own) timesteps t_N > … > t_1. First: σ-space schedulers (Euler,
         #    Heun, LMS, ...) compute init_noise_sigma from them (σ_max of the chosen grid, not of the training one).
         set_scheduler_timesteps(scheduler, num_inference_steps, timesteps, device)
-        self._num_timesteps = len(scheduler.timesteps)
-        # 2. x_T ~ N(0, I), scaled to the first step's noise level (1 for DDPM/DDIM, σ_max for σ-space schedulers).
-        if latents is None:
-            latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+        # 2. x_T ~ N(0, I) at the first step's noise level (img2img starts later, from a noised image: `_start`).
+        run_timesteps, latents = self._start(scheduler.timesteps, batch_size, generator, latents, device, dtype)
+        self._num_timesteps = len(run_timesteps)
         step_kwargs = extra_step_kwargs(scheduler, generator, eta)
         # 3. Predict (pushing x_t down ∇ loss first when loss-guided), then let the scheduler take x_t → x_{t-1};
         #    the step callback may replace x_{t-1} or stop the loop.
-        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+        for i, t in enumerate(self.progress_bar(run_timesteps)):
             if self.interrupt:
                 break
             model_output, latents = loss_guided_model_output(

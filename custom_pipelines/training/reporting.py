@@ -117,17 +117,22 @@ class ModelCardInfo:
 
 
 def write_model_card(output_dir: str, card: ModelCardInfo, args, tags=()) -> str:
-    """README.md with Hub metadata (library_name diffusers), how to load and sample it, and the training flags."""
-    from huggingface_hub import ModelCard, ModelCardData
+    """README.md with Hub metadata (library_name diffusers, pipeline_tag, tags, datasets, base_model of a fine-tune,
+    license), the latest sample grid, how to load and sample it, and the training flags."""
+    from huggingface_hub import ModelCard
 
-    data = ModelCardData(
-        library_name="diffusers",
-        license="apache-2.0",
-        tags=["custom_pipelines", "diffusers", card.family, *tags],
+    from custom_pipelines.hub.cards import base_model_of, card_data
+
+    data = card_data(
+        card.pipeline_class,
+        tags=[card.family, *tags],
         datasets=[args.dataset_name] if getattr(args, "dataset_name", None) else None,
+        base_model=base_model_of(getattr(args, "pretrained_model_name_or_path", None)),
+        license="apache-2.0",
     )
     flags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()) if k != "hub_token")
-    samples = "![samples](samples.png)\n" if os.path.isfile(os.path.join(output_dir, "samples.png")) else ""
+    grid = latest_sample_grid(output_dir)
+    samples = f"![samples]({grid})\n" if grid else ""
     content = f"""---
 {data.to_yaml()}
 ---
@@ -157,16 +162,26 @@ logs: `logs/`.
     return path
 
 
-def push_folder_to_hub(output_dir: str, repo_id: str, token: str | None, private: bool) -> str:
-    """Create the model repo if needed and upload the final pipeline (not checkpoints or temp folders)."""
-    from huggingface_hub import HfApi
+def latest_sample_grid(output_dir: str) -> str | None:
+    """The grid the card shows, relative to `output_dir`: `samples.png` if present, else the last `samples/` one."""
+    if os.path.isfile(os.path.join(output_dir, "samples.png")):
+        return "samples.png"
+    folder = os.path.join(output_dir, "samples")
+    grids = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
+    return f"samples/{grids[-1]}" if grids else None
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=output_dir,
+
+def push_folder_to_hub(output_dir: str, repo_id: str, token: str | None, private: bool) -> str:
+    """Upload the final pipeline of a run (not checkpoints, logs or temp files) as one commit, shims included
+    (custom_pipelines.hub.push); creates the repo if needed. Returns the commit URL."""
+    from custom_pipelines.hub.push import push_pipeline_folder
+
+    info = push_pipeline_folder(
+        output_dir,
+        repo_id,
+        token=token,
+        private=private,
         commit_message="Upload pipeline trained with custom_pipelines",
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**"],
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "logs/**"],
     )
     return str(info)

@@ -8,8 +8,8 @@ import torch
 
 from custom_pipelines import DDPMAncestralScheduler, UnconditionalDiffusionPipeline, load_pipeline
 from custom_pipelines.hub.configs import load_component_config, resolve_variant
+from custom_pipelines.training import reporting
 from tests.utils import scheduler_config, tiny_unet
-from training.core import reporting
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -81,27 +81,20 @@ def test_unknown_variant_is_a_clear_error():
         resolve_variant("acme/no-such-config-repo")
 
 
-def test_push_uploads_the_pipeline_not_checkpoints(tmp_path, monkeypatch):
-    calls = {}
+def test_push_uploads_the_pipeline_not_checkpoints(saved_pipeline, test_hub, use_hub):
+    """The training scripts' push (reporting.push_folder_to_hub) against the test hub: one commit with the pipeline
+    and its shims, without checkpoints, logs or atomic-write leftovers."""
+    from huggingface_hub import HfApi
 
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, **kwargs):
-            calls["create"] = (repo_id, kwargs)
-
-        def upload_folder(self, **kwargs):
-            calls["upload"] = kwargs
-            return "commit-url"
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    assert reporting.push_folder_to_hub(str(tmp_path), "me/ddpm", "tok", private=True) == "commit-url"
-    assert calls["token"] == "tok" and calls["create"] == (
-        "me/ddpm",
-        {"private": True, "exist_ok": True, "repo_type": "model"},
-    )
-    assert calls["upload"]["repo_id"] == "me/ddpm" and calls["upload"]["folder_path"] == str(tmp_path)
-    assert "checkpoint-*" in calls["upload"]["ignore_patterns"] and ".tmp-*" in calls["upload"]["ignore_patterns"]
+    _, folder = saved_pipeline
+    (folder / "checkpoint-3").mkdir()
+    (folder / "checkpoint-3" / "optimizer.bin").write_bytes(b"state")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events").write_text("tensorboard")
+    (folder / ".tmp-README.md-x.md").write_text("half written")
+    use_hub(test_hub)
+    url = reporting.push_folder_to_hub(str(folder), "me/ddpm", token="tok", private=True)
+    assert url.startswith(f"{test_hub.endpoint}/me/ddpm/commit/")
+    files = set(HfApi().list_repo_files("me/ddpm"))
+    assert {"model_index.json", "pipeline.py", "unet/diffusion_pytorch_model.safetensors"} <= files
+    assert not any(f.startswith(("checkpoint-", "logs/", ".tmp-")) for f in files)
