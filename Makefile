@@ -1,5 +1,6 @@
-# make demo  — bootstrap .venv, train a DDPM on built-in digits, reload it, write sample grids (50 steps, and 8
-#              steps on a schedule fitted to the model) + loss curve. Precision is `auto` (bf16 only where native).
+# make demo  — bootstrap .venv, train a DDPM (v-prediction, Min-SNR-5) on built-in digits, reload it, write sample
+#              grids (50 steps, and 8 steps on a schedule fitted to the model) + loss curve. Precision is `auto`
+#              (bf16 only where native).
 # make test  — the full test suite (CI runs exactly this).
 PYTHON ?= python3
 VENV   := .venv
@@ -30,7 +31,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(LAUNCH) training/train_ddpm.py --dataset_name digits --output_dir $(RUN) \
 		--max_train_steps $(DEMO_STEPS) --train_batch_size $(DEMO_BATCH) --learning_rate 1e-3 --lr_scheduler cosine \
-		--lr_warmup_steps 100 --ema_power 0.75 --snr_gamma 5 --checkpointing_steps 1000 --checkpoints_total_limit 1 \
+		--lr_warmup_steps 100 --ema_power 0.75 --snr_gamma 5 --prediction_type v_prediction \
+		--checkpointing_steps 1000 --checkpoints_total_limit 1 \
 		--validation_steps 500 --num_validation_images 36
 	$(BIN)/python -m training.sample --pipeline $(RUN) --num_images 64 --num_inference_steps 50 \
 		--output $(RUN)/samples.png
