@@ -164,19 +164,6 @@ def use_hub(monkeypatch, tmp_path):
     return point
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; an in-process training run starts and ends clean."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @dataclass
 class Pushed:
     """One tiny pipeline pushed to the test hub, and what a faithful pull must give back."""

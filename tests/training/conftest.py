@@ -2,13 +2,6 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process training run starts clean."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+def _every_training_test_starts_clean(fresh_accelerate_state):
+    """Each in-process training run gets fresh accelerate singletons (the fixture lives in tests/conftest.py)."""
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
