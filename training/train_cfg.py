@@ -177,7 +177,9 @@ def main(args: argparse.Namespace) -> str:
         pipeline_class="ClassConditionalDiffusionPipeline",
         script=__file__,
         example_call_kwargs={
-            "class_labels": list(range(num_classes)), "guidance_scale": 2.0, "num_inference_steps": 50
+            "class_labels": list(range(num_classes)),
+            "guidance_scale": 2.0,
+            "num_inference_steps": 50,
         },  # fmt: skip
         description=f"Class-conditional DDPM for classifier-free guidance ({num_classes} classes, class {method}, "
         f"p_uncond {args.conditioning_dropout}) trained on {args.dataset_name or args.train_data_dir}.",

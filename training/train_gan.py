@@ -23,7 +23,7 @@ from pathlib import Path
 from custom_pipelines.cli import console_entry
 from custom_pipelines.hub.configs import resolve_variant
 from custom_pipelines.training.args import add_common_args, validate_common_args
-from custom_pipelines.training.recipe import RECIPE_FILE, parse_command_line, read_recipe
+from custom_pipelines.training.recipe import RECIPE_FILE, apply_variant_recipe, parse_command_line, read_recipe
 
 # Heavy modules (torch, diffusers, accelerate) are imported inside the functions that use them, so `--help` and
 # flag errors answer at once.
@@ -121,32 +121,27 @@ def read_family(name_or_path: str) -> Family:
     return family
 
 
-def find_recipe(args: argparse.Namespace) -> Path | None:
-    """The pretrained pipeline folder's recipe, else the --model_config variant's if it is the same family."""
-    for source in (args.pretrained_model_name_or_path, args.model_config):
-        folder = resolve_variant(source) if source else None
-        if folder is not None and (folder / RECIPE_FILE).is_file() and family_of(folder) == args.family:
-            return folder / RECIPE_FILE
-    return None
-
-
 def apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser, given: set) -> None:
-    """Set every recipe flag the command line did not give. A recipe is tuned for its loss: a different `--loss`
-    on the command line leaves it out (with a warning), like a missing recipe (generic defaults)."""
-    path = find_recipe(args)
-    args.training_recipe = None
-    if path is None:
+    """Set every recipe flag the command line did not give, from the pretrained pipeline folder's recipe, else the
+    --model_config variant's, if it is the same family. A recipe is tuned for its loss: a different `--loss` on the
+    command line leaves it out (with a warning), like a missing recipe (generic defaults)."""
+
+    def accept(folder: Path) -> bool:
+        if family_of(folder) != args.family:
+            return False
+        tuned_for = read_recipe(folder / RECIPE_FILE, parser).get("loss", args.loss)
+        if "loss" in given and tuned_for != args.loss:
+            path = folder / RECIPE_FILE
+            logger.warning(f"--loss {args.loss} is not the loss {path} is tuned for ({tuned_for}): recipe not used")
+            return False
+        return True
+
+    sources = (args.pretrained_model_name_or_path, args.model_config)
+    if apply_variant_recipe(args, parser, given, sources, accept) is None:
         source = args.pretrained_model_name_or_path or args.model_config
-        logger.warning(f"{source!r} has no {RECIPE_FILE}: generic GAN defaults for the flags not given")
-        return
-    recipe = read_recipe(path, parser)
-    if "loss" in given and recipe.get("loss", args.loss) != args.loss:
-        logger.warning(f"--loss {args.loss} is not the loss {path} is tuned for ({recipe['loss']}): recipe not used")
-        return
-    for key, value in recipe.items():
-        if key not in given:
-            setattr(args, key, value)
-    args.training_recipe = str(path)
+        folders = [resolve_variant(s) for s in sources if s]
+        if not any((folder / RECIPE_FILE).is_file() for folder in folders):
+            logger.warning(f"{source!r} has no {RECIPE_FILE}: generic GAN defaults for the flags not given")
 
 
 def fill_objective_defaults(args: argparse.Namespace) -> None:

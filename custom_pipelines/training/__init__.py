@@ -9,6 +9,7 @@ from custom_pipelines.lazy import lazy_exports
 
 _PUBLIC = {
     "SUMMARY_FILE": ".trainer",
+    "Code": ".reporting",
     "ModelCardInfo": ".reporting",
     "Trainer": ".trainer",
     "adamw": ".trainer",

@@ -7,7 +7,17 @@ import argparse
 from custom_pipelines.options import ATTENTION_BACKENDS, MIXED_PRECISION_CHOICES
 
 FINETUNE_LR_FACTOR = 0.1  # fine-tuning starts from good weights: a 10× smaller default step keeps them
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# diffusers' schedules + constant_then_linear: constant for the first half of the steps (after warmup), then linear
+# decay to 0 over the second half (CycleGAN's schedule, Zhu et al. 2017 §7)
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant_then_linear",
+)
 
 
 def add_common_args(

@@ -56,3 +56,27 @@ def recipe_value(action: argparse.Action, value, where: str):
         choices = f" (one of {list(action.choices)})" if action.choices is not None else ""
         raise ValueError(f"{where}: {value!r} is not a valid {action.option_strings[0]} value{choices}")
     return value
+
+
+def apply_variant_recipe(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, given: set, sources, accept=None
+) -> Path | None:
+    """Apply the recipe of the first of `sources` (variant names, folders or Hub ids; None skipped) that holds one:
+    every flag the command line did not give takes the recipe's value. `accept(folder)` may turn a folder down (a
+    variant of another family). Sets `args.training_recipe` to the file used (None without one) and returns it."""
+    from custom_pipelines.hub.configs import resolve_variant
+
+    args.training_recipe = None
+    for source in sources:
+        if not source:
+            continue
+        folder = resolve_variant(source)
+        path = folder / RECIPE_FILE
+        if not path.is_file() or (accept is not None and not accept(folder)):
+            continue
+        for key, value in read_recipe(path, parser).items():
+            if key not in given:
+                setattr(args, key, value)
+        args.training_recipe = str(path)
+        return path
+    return None

@@ -85,6 +85,14 @@ def plot_loss_curve(output_dir: str, filename: str = "loss_curve.png") -> str | 
     return path
 
 
+class Code(str):
+    """A value of `ModelCardInfo.example_call_kwargs` written into the usage snippet as code (a variable name or an
+    expression the snippet's `example_setup` defines), not as its repr."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 @dataclass(frozen=True)
 class ModelCardInfo:
     """What the model card says about a run: built from the pipeline and the script that really ran."""
@@ -94,15 +102,20 @@ class ModelCardInfo:
     description: str = ""
     script: str | None = None  # the training script's __file__
     example_call_kwargs: dict = field(default_factory=dict)  # the usage snippet's pipeline call
+    example_setup: str = ""  # code lines before the call (e.g. making the input image a `Code` kwarg names)
+    uses_generator: bool = True  # False for a deterministic pipeline (super-resolution, translation)
 
     def usage_snippet(self, repo_id: str) -> str:
-        call = ", ".join([*(f"{k}={v!r}" for k, v in self.example_call_kwargs.items()), "generator=generator"])
+        kwargs = [f"{k}={v!r}" for k, v in self.example_call_kwargs.items()]
+        call = ", ".join([*kwargs, "generator=generator"] if self.uses_generator else kwargs)
+        setup = self.example_setup.rstrip("\n") + "\n" if self.example_setup else ""
         return (
-            "import torch\n"
-            f"from custom_pipelines import {self.pipeline_class}\n\n"
+            ("import torch\n" if self.uses_generator else "")
+            + f"from custom_pipelines import {self.pipeline_class}\n\n"
             f"pipe = {self.pipeline_class}.from_pretrained({repo_id!r})\n"
-            "generator = torch.Generator().manual_seed(0)\n"
-            f"images = pipe({call}).images\n"
+            + ("generator = torch.Generator().manual_seed(0)\n" if self.uses_generator else "")
+            + setup
+            + f"images = pipe({call}).images\n"
             'images[0].save("sample.png")\n'
         )
 

@@ -127,6 +127,20 @@ def adamw(params: Iterable[torch.nn.Parameter], args, lr: float | None = None, b
     )
 
 
+def constant_then_linear_schedule(optimizer, num_warmup_steps: int, num_training_steps: int):
+    """Linear warmup, the base lr until half of the steps, then linear decay to 0 at `num_training_steps`."""
+    half = max(num_training_steps // 2, num_warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < num_warmup_steps:
+            return step / num_warmup_steps  # as diffusers' warmups
+        if step < half:
+            return 1.0
+        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - half))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class Trainer:
     """Runs `training_step` over the data until `--max_train_steps` optimizer updates (or `--num_epochs`).
 
@@ -154,7 +168,8 @@ class Trainer:
         extra_state: optional object with JSON-able `state_dict()` / `load_state_dict()` (e.g. a growing stage),
             saved in every checkpoint.
         family, pipeline_class, description, script, example_call_kwargs: for the model card (`script` is the
-            training script's `__file__`; `example_call_kwargs` the pipeline call its usage snippet shows).
+            training script's `__file__`; `example_call_kwargs` the pipeline call its usage snippet shows,
+            `example_setup` the code before it, `uses_generator=False` for a deterministic pipeline).
     """
 
     def __init__(
@@ -178,6 +193,8 @@ class Trainer:
         description: str = "",
         script: str | None = None,
         example_call_kwargs: dict | None = None,
+        example_setup: str = "",
+        uses_generator: bool = True,
         dataset=None,
         collate_fn: Callable[[list], dict] | None = None,
         build_pipeline: Callable[[Trainer], Any] | None = None,
@@ -188,7 +205,9 @@ class Trainer:
         self.args, self.accelerator = args, accelerator
         self.training_step, self.sample_images, self.save_pipeline = training_step, sample_images, save_pipeline
         self.extra_state = extra_state
-        self.card = ModelCardInfo(family, pipeline_class, description, script, dict(example_call_kwargs or {}))
+        self.card = ModelCardInfo(
+            family, pipeline_class, description, script, dict(example_call_kwargs or {}), example_setup, uses_generator
+        )
         self.family = family
         self.build_pipeline, self.eval_pipeline_kwargs = build_pipeline, dict(eval_pipeline_kwargs or {})
         if getattr(args, "eval_fid_every", 0) and build_pipeline is None:
@@ -221,15 +240,17 @@ class Trainer:
         """One schedule per optimizer, sized by that optimizer's own number of steps (prepared lr schedulers step
         once per process, hence × num_processes)."""
         n, args = self.accelerator.num_processes, self.args
-        return {
-            name: get_scheduler(
-                args.lr_scheduler,
-                opt,
-                num_warmup_steps=math.ceil(args.lr_warmup_steps / self.optimizer_step_every[name]) * n,
-                num_training_steps=math.ceil(self.max_train_steps / self.optimizer_step_every[name]) * n,
-            )
-            for name, opt in optimizers.items()
-        }
+        schedules = {}
+        for name, opt in optimizers.items():
+            warmup = math.ceil(args.lr_warmup_steps / self.optimizer_step_every[name]) * n
+            total = math.ceil(self.max_train_steps / self.optimizer_step_every[name]) * n
+            if args.lr_scheduler == "constant_then_linear":
+                schedules[name] = constant_then_linear_schedule(opt, warmup, total)
+            else:
+                schedules[name] = get_scheduler(
+                    args.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=total
+                )
+        return schedules
 
     def _set_attention(self, models: dict[str, torch.nn.Module]) -> None:
         self.attention_backend = resolve_attention_backend(

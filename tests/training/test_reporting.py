@@ -49,3 +49,16 @@ def test_card_snippet_without_a_script_or_call_kwargs():
     assert "images = pipe(generator=generator).images" in info.usage_snippet("user/repo")
     assert "from_pretrained('user/repo')" in info.usage_snippet("user/repo")
     assert info.training_command() == "Trained with `custom_pipelines`."
+
+
+def test_card_snippet_with_an_input_image_and_no_generator():
+    from custom_pipelines.training.reporting import Code
+
+    setup = 'from PIL import Image\nimage = Image.new("RGB", (16, 16))'
+    info = ModelCardInfo("srgan", "SuperResolutionPipeline", example_call_kwargs={"image": Code("image")},
+                         example_setup=setup, uses_generator=False)
+    snippet = info.usage_snippet("user/repo")
+    assert "images = pipe(image=image).images" in snippet
+    assert 'image = Image.new("RGB", (16, 16))\nimages = pipe(' in snippet
+    assert "generator" not in snippet and "import torch" not in snippet
+    compile(snippet, "snippet", "exec")  # valid Python
