@@ -10,10 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIS = [
-    ["training/train_ddpm.py"],
-    ["training/train_cfg.py"],
-    ["training/train_gan.py"],
-    ["training/sample.py"],
+    *([f"training/{p.name}"] for p in sorted((ROOT / "training").glob("*.py")) if p.stem != "__init__"),
     ["-m", "training.sample"],
     ["-m", "custom_pipelines.evaluate"],
     ["-m", "custom_pipelines.optimize_timesteps"],

@@ -14,16 +14,14 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SCRIPTS = sorted(p.stem for p in (ROOT / "training").glob("*.py") if p.stem != "__init__")
 PARSERS = {  # how a command names its entry point → the module whose parse_args(argv) checks it
-    "training/train_ddpm.py": "training.train_ddpm",
-    "training/train_cfg.py": "training.train_cfg",
-    "training/train_gan.py": "training.train_gan",
-    "training/sample.py": "training.sample",
-    "training.sample": "training.sample",
+    **{f"training/{s}.py": f"training.{s}" for s in SCRIPTS},
+    **{f"training.{s}": f"training.{s}" for s in SCRIPTS},
     "custom_pipelines.evaluate": "custom_pipelines.evaluation.cli",
     "custom_pipelines.optimize_timesteps": "custom_pipelines.optimize_timesteps",
     # an installed wheel's names for the same scripts
-    **{f"custom_pipelines.scripts.{s}": f"training.{s}" for s in ("train_ddpm", "train_cfg", "train_gan", "sample")},
+    **{f"custom_pipelines.scripts.{s}": f"training.{s}" for s in SCRIPTS},
 }
 # console commands (pyproject [project.scripts]) → the module of their entry point
 CONSOLE = {

@@ -56,6 +56,14 @@ def test_console_entry_points_resolve():
         assert callable(getattr(importlib.import_module(module), func)), name
 
 
+def test_every_training_script_has_a_console_command():
+    """training/train_<x>.py is `custom-pipelines-train-<x>` once installed."""
+    scripts = PYPROJECT["project"]["scripts"]
+    for path in sorted((REPO / "training").glob("train_*.py")):
+        name = "custom-pipelines-" + path.stem.replace("_", "-")
+        assert scripts.get(name) == f"custom_pipelines.scripts.{path.stem}:cli", name
+
+
 def run(cmd, cwd, env=None):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
