@@ -20,6 +20,7 @@ from .guidance import GuidanceFn, GuidanceStrength, check_loss_guidance, loss_gu
 from .utils import (
     check_batch_and_steps,
     check_callback_inputs,
+    check_eta,
     check_generator,
     check_latents,
     extra_step_kwargs,
@@ -129,6 +130,7 @@ class PixelDiffusionPipeline(HubPipelineMixin, DiffusionPipeline):
             batch_size, num_inference_steps, generator, latents, output_type, callback_on_step_end, tensor_inputs,
             guidance_fn, guidance_strength,
         )  # fmt: skip
+        check_eta(eta)
         self._interrupt = False
         device, scheduler = self._execution_device, self.scheduler
         # x_t stays fp32 (fp64 for an fp64 model) even when the network runs in bf16/fp16: low-precision x_t

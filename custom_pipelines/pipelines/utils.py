@@ -45,8 +45,22 @@ def check_generator(generator, batch_size: int) -> None:
 
 
 def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...], name: str = "latents") -> None:
-    if latents is not None and tuple(latents.shape) != tuple(shape):
+    if latents is None:
+        return
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {tuple(shape)}, got {type(latents).__name__}")
+    if tuple(latents.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+    if not latents.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {latents.dtype}")
+    if not torch.isfinite(latents).all():
+        raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(latents)).sum())} NaN/inf values")
+
+
+def check_eta(eta) -> None:
+    """DDIM's η (Song et al. 2021 eq. 16): 0 is deterministic DDIM, 1 the DDPM posterior's variance."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
 
 
 def check_callback_inputs(

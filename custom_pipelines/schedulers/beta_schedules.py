@@ -72,13 +72,13 @@ def make_beta_schedule(
     Args:
         beta_schedule (`str`): `"linear"`, `"scaled_linear"`, `"squaredcos_cap_v2"` (alias `"cosine"`) or
             `"sigmoid"`. The cosine schedule ignores `beta_start`/`beta_end`.
-        num_train_timesteps (`int`): T >= 1.
+        num_train_timesteps (`int`): T >= 2 (with one step there is nothing between data and noise to learn).
         beta_start, beta_end (`float`): first and last β of the linear, scaled_linear and sigmoid schedules,
             0 < beta_start <= beta_end < 1.
         dtype (`torch.dtype`): float64 (default) or float32 (bit-identical to diffusers' float32 betas).
     """
-    if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}")
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
     if beta_schedule in ("squaredcos_cap_v2", "cosine"):

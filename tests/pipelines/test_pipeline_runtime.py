@@ -160,3 +160,19 @@ def test_call_signature_and_docstring_list_every_sampling_argument(name):
     np.testing.assert_array_equal(by_position, by_name.images)
     with pytest.raises(TypeError, match="num_steps"):
         pipe(**conditioning, num_steps=2)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"latents": torch.full((1, 1, 8, 8), float("nan"))}, "latents must be finite"),
+    ({"latents": torch.zeros(1, 1, 8, 8, dtype=torch.long)}, "floating-point"),
+    ({"latents": [[0.0]]}, "latents must be a torch.Tensor"),
+    ({"eta": -1.0}, r"eta must be a number in \[0, 1\]"),
+    ({"eta": 1.5}, r"eta must be a number in \[0, 1\]"),
+])  # fmt: skip
+def test_bad_latents_and_eta_are_refused_by_name(bad, match):
+    pipe = make_unconditional_pipe()
+    shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    if isinstance(bad.get("latents"), torch.Tensor):
+        bad = {"latents": bad["latents"].expand(shape).clone()}
+    with pytest.raises((ValueError, TypeError), match=match):
+        pipe(batch_size=1, num_inference_steps=2, output_type="pt", **bad)

@@ -99,3 +99,12 @@ def test_trained_betas_are_validated():
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         betas_from_config(3, 1e-4, 0.02, "linear", trained_betas=[0.1, 0.2, 1.5])
     assert torch.equal(betas_from_config(2, 1e-4, 0.02, "linear", [0.1, 0.2]), torch.tensor([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("T", [1, 0, -5, True, 2.0, "1000"])
+def test_fewer_than_two_training_steps_is_refused_by_every_scheduler(T):
+    from custom_pipelines import DDIMEtaScheduler, DDPMAncestralScheduler, DPMSolver2MScheduler
+
+    for cls in (DDPMAncestralScheduler, DDIMEtaScheduler, DPMSolver2MScheduler):
+        with pytest.raises(ValueError, match="num_train_timesteps must be an integer >= 2"):
+            cls(num_train_timesteps=T)
