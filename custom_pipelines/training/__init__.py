@@ -11,6 +11,7 @@ _PUBLIC = {
     "SUMMARY_FILE": ".trainer",
     "Code": ".reporting",
     "ModelCardInfo": ".reporting",
+    "NonFiniteLossError": ".trainer",
     "Trainer": ".trainer",
     "adamw": ".trainer",
     "add_common_args": ".args",

@@ -62,6 +62,12 @@ def add_common_args(
     opt.add_argument("--adam_epsilon", type=float, default=1e-8)
     opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
     opt.add_argument(
+        "--max_nonfinite_steps",
+        type=int,
+        default=10,
+        help="an update whose gradients hold NaN/inf is skipped with a warning; this many in a row stop the run",
+    )
+    opt.add_argument(
         "--mixed_precision",
         default="auto",
         choices=MIXED_PRECISION_CHOICES,
@@ -127,7 +133,7 @@ def validate_common_args(args: argparse.Namespace) -> None:
     if (args.dataset_name is None) == (args.train_data_dir is None):
         raise ValueError("give exactly one of --dataset_name and --train_data_dir")
     _positive(args, "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps")
-    _positive(args, "logging_steps", "num_validation_images")
+    _positive(args, "logging_steps", "num_validation_images", "max_nonfinite_steps")
     _positive(args, "resolution", "max_train_samples", "num_epochs", "max_train_steps", allow_none=True)
     _positive(args, "checkpoints_total_limit", allow_none=True)
     if args.max_train_steps is None and args.num_epochs is None:

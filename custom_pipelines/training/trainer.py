@@ -141,6 +141,10 @@ def constant_then_linear_schedule(optimizer, num_warmup_steps: int, num_training
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped: too many updates in a row had NaN/inf gradients."""
+
+
 class Trainer:
     """Runs `training_step` over the data until `--max_train_steps` optimizer updates (or `--num_epochs`).
 
@@ -227,6 +231,7 @@ class Trainer:
         self.frozen = {name: _freeze(m, accelerator.device, self.compute_dtype) for name, m in frozen.items()}
         self.emas = {name: self._ema(name) for name in (ema_models if args.use_ema else ())}
         self.global_step = 0
+        self.nonfinite_in_a_row = 0
         if args.report_to != "none":
             accelerator.init_trackers(f"train_{family}", config=_scalar_config(args))
 
@@ -298,11 +303,39 @@ class Trainer:
         (accelerate skips them otherwise).
         """
         self.accelerator.backward(loss, retain_graph=retain_graph)
+        if self.accelerator.sync_gradients and not self._gradients_finite(name):
+            self.optimizers[name].zero_grad(set_to_none=True)  # skip the update; the lr schedule keeps its pace
+            self.lr_schedulers[name].step()
+            return
         if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.models[name].parameters(), self.args.max_grad_norm)
         self.optimizers[name].step()
         self.lr_schedulers[name].step()
         self.optimizers[name].zero_grad(set_to_none=True)
+
+    def _gradients_finite(self, name: str) -> bool:
+        """After the all-reduce every process holds the same gradients, so all of them skip a bad update together.
+        A NaN/inf update is skipped with a warning; `--max_nonfinite_steps` of them in a row stop the run (the
+        weights, the checkpoints and the saved pipeline stay those of the last finite update)."""
+        grads = [p.grad for p in self.models[name].parameters() if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if finite:
+            self.nonfinite_in_a_row = 0
+            return True
+        self.nonfinite_in_a_row += 1
+        limit = getattr(self.args, "max_nonfinite_steps", 10)
+        logger.warning(
+            f"step {self.global_step + 1}: non-finite gradients of {name!r} (NaN/inf loss?): update skipped "
+            f"({self.nonfinite_in_a_row} in a row, the run stops at {limit})"
+        )
+        if self.nonfinite_in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} updates in a row had NaN/inf gradients (model {name!r}, step "
+                f"{self.global_step + 1}): stopped without saving them. Lower --learning_rate, keep --max_grad_norm "
+                f"> 0 or train in fp32 (--mixed_precision no); resume from the last checkpoint in "
+                f"{self.args.output_dir}"
+            )
+        return False
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -379,7 +412,20 @@ class Trainer:
         return {k: round(v, 5) for k, v in logs.items()}
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
+    def check_weights_finite(self, what: str) -> None:
+        """Refuse to save NaN/inf weights (a checkpoint or pipeline that could only produce garbage)."""
+        for name in self.models:
+            bad = [n for n, p in self.unwrap(name).named_parameters() if not torch.isfinite(p).all()]
+            for ema in [self.emas[name]] if name in self.emas else []:
+                bad += [f"ema:{i}" for i, p in enumerate(ema.shadow_params) if not torch.isfinite(p).all()]
+            if bad:
+                raise NonFiniteLossError(
+                    f"{what} not saved: {len(bad)} tensors of {name!r} hold NaN/inf (first: {bad[0]}); the earlier "
+                    f"checkpoints in {self.args.output_dir} are intact"
+                )
+
     def save_checkpoint(self) -> str:
+        self.check_weights_finite(f"checkpoint-{self.global_step}")
         state = {
             "world_size": self.accelerator.num_processes,
             "extra": self.extra_state.state_dict() if self.extra_state is not None else None,
@@ -478,6 +524,7 @@ class Trainer:
     def _finish(self) -> None:
         args, acc = self.args, self.accelerator
         acc.wait_for_everyone()
+        self.check_weights_finite("the final pipeline")
         checksums = self._parameter_checksums()
         if self.global_step % args.validation_steps != 0:
             self.validate()  # every rank calls it: it ends in a barrier

@@ -34,7 +34,7 @@ def parse(tmp_path, *extra):
     )  # fmt: skip
 
 
-def make_trainer(args, seen, *, frozen=None, two_optimizers=False, step_every=None):
+def make_trainer(args, seen, *, frozen=None, two_optimizers=False, step_every=None, poison=()):
     torch.manual_seed(0)
     models = {"net": torch.nn.Linear(1, 1)}
     if two_optimizers:
@@ -50,6 +50,8 @@ def make_trainer(args, seen, *, frozen=None, two_optimizers=False, step_every=No
         else:
             target = batch["high"]
         loss = torch.nn.functional.mse_loss(trainer.models["net"](batch["low"]), target)
+        if trainer.global_step + 1 in poison:  # a NaN loss on these updates
+            loss = loss * float("nan")
         trainer.backward_and_step("net", loss)
         if two_optimizers:
             trainer.backward_and_step("critic", trainer.models["critic"](batch["low"]).pow(2).mean())
@@ -141,3 +143,48 @@ def test_a_frozen_network_cannot_also_be_trained(tmp_path):
             sample_images=None, save_pipeline=None, frozen_models={"net": net}, resolution=4, family="toy",
             pipeline_class="GANPipeline", dataset=Pairs(), collate_fn=collate_pairs,
         )  # fmt: skip
+
+
+def test_a_nan_update_is_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    args = parse(tmp_path, "--max_train_steps", "6")
+    trainer = make_trainer(args, [], poison={2, 3})
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert caplog.text.count("non-finite gradients of 'net'") == 2 and "update skipped" in caplog.text
+    assert all(torch.isfinite(p).all() for p in trainer.unwrap("net").parameters())
+    assert trainer.global_step == 6 and trainer.nonfinite_in_a_row == 0
+
+
+def test_too_many_nan_updates_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from custom_pipelines.training.trainer import NonFiniteLossError
+
+    args = parse(tmp_path, "--max_train_steps", "10", "--checkpointing_steps", "2", "--max_nonfinite_steps", "3")
+    trainer = make_trainer(args, [], poison=set(range(3, 11)))
+    with pytest.raises(NonFiniteLossError, match=r"3 updates in a row had NaN/inf gradients .*--learning_rate"):
+        trainer.train()
+    weights = load_file(os.path.join(tmp_path, "checkpoint-2", "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not os.path.exists(os.path.join(tmp_path, "training_summary.json"))  # no final save
+
+
+def test_nan_weights_are_never_saved(tmp_path):
+    from custom_pipelines.training.trainer import NonFiniteLossError
+
+    trainer = make_trainer(parse(tmp_path, "--max_train_steps", "2"), [])
+    with torch.no_grad():
+        trainer.unwrap("net").weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match="checkpoint-0 not saved: 1 tensors of 'net' hold NaN/inf"):
+        trainer.save_checkpoint()
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path))
+
+
+def test_max_nonfinite_steps_must_be_positive(tmp_path):
+    from custom_pipelines.training import validate_common_args
+
+    args = parse(tmp_path, "--max_train_steps", "2", "--max_nonfinite_steps", "0", "--dataset_name", "digits")
+    with pytest.raises(ValueError, match="--max_nonfinite_steps must be a positive integer"):
+        validate_common_args(args)
