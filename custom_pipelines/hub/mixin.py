@@ -12,7 +12,10 @@ Listed before `DiffusionPipeline` in the bases: `class XPipeline(HubPipelineMixi
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+
+INDEX_FILE = "model_index.json"
 
 
 class HubPipelineMixin:
@@ -35,20 +38,28 @@ class HubPipelineMixin:
         push_to_hub: bool = False,
         **kwargs,
     ) -> None:
-        """diffusers' `save_pretrained`, then the shims. With `push_to_hub=True` the finished folder is uploaded
-        (`repo_id` defaults to the folder's name; `token`, `private`, `commit_message`, `create_pr` as diffusers')."""
+        """diffusers' `save_pretrained`, then the shims, written into a hidden staging folder and moved into place with
+        model_index.json last: a crash mid-save never leaves a half-written pipeline (see `_move_into_place`). With
+        `push_to_hub=True` the finished folder is uploaded (`repo_id` defaults to the folder's name; `token`,
+        `private`, `commit_message`, `create_pr` as diffusers')."""
         from .shims import write_shims
 
         push_keys = ("repo_id", "token", "private", "commit_message", "create_pr")
         push_kwargs = {key: kwargs.pop(key) for key in push_keys if key in kwargs}
-        super().save_pretrained(
-            save_directory,
-            safe_serialization=safe_serialization,
-            variant=variant,
-            max_shard_size=max_shard_size,
-            **kwargs,
-        )
-        write_shims(save_directory)
+        os.makedirs(save_directory, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".tmp-save-", dir=save_directory)
+        try:
+            super().save_pretrained(
+                staging,
+                safe_serialization=safe_serialization,
+                variant=variant,
+                max_shard_size=max_shard_size,
+                **kwargs,
+            )
+            write_shims(staging)
+            _move_into_place(staging, save_directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if push_to_hub:
             from .push import push_pipeline_folder
 
@@ -96,6 +107,28 @@ class HubPipelineMixin:
                 create_pr=create_pr,
                 revision=revision,
             )
+
+
+def _move_into_place(staging: str, save_directory: str) -> None:
+    """Move a complete save from `staging` into `save_directory` so that a crash at any moment leaves either the old
+    pipeline, or a folder without model_index.json (which no loader takes for a pipeline), never a mix: the old index
+    goes first, each component is replaced whole (rename), the new index comes last. Other files there (checkpoints,
+    logs, a model card) are kept."""
+    index = os.path.join(save_directory, INDEX_FILE)
+    if os.path.exists(index):
+        os.remove(index)
+    for name in sorted(os.listdir(staging)):
+        if name == INDEX_FILE:
+            continue
+        source, target = os.path.join(staging, name), os.path.join(save_directory, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            old = tempfile.mkdtemp(prefix=f".tmp-old-{name}-", dir=save_directory)
+            os.replace(target, os.path.join(old, name))
+            os.replace(source, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(source, target)
+    os.replace(os.path.join(staging, INDEX_FILE), index)
 
 
 def _has_card(repo_id: str, token: str | None, revision: str | None) -> bool:
