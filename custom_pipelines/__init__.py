@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _PUBLIC = {  # name → the module that defines it
     "ClassConcatUNet2DModel": ".models",
     "ClassConditionalDiffusionPipeline": ".pipelines.pipeline_class_conditional",
+    "CycleGANGenerator": ".gan.cyclegan",
+    "CycleGANPipeline": ".pipelines.pipeline_cyclegan",
     "DCGANCritic": ".gan",
     "DCGANGenerator": ".gan",
     "DDIMEtaScheduler": ".schedulers",

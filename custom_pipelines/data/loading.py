@@ -82,10 +82,11 @@ class ImageTransform:
         self.center_crop, self.random_flip = center_crop, random_flip
         self.generator = generator
 
-    def _rand(self) -> float:
-        return torch.rand((), generator=self.generator).item()
+    def _rand(self, generator: torch.Generator | None = None) -> float:
+        return torch.rand((), generator=generator or self.generator).item()
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`generator`, when given, replaces the transform's own for this image's crop and flip."""
         image = image.convert("L" if self.channels == 1 else "RGB")
         w, h = image.size
         scale = self.resolution / min(w, h)
@@ -96,10 +97,11 @@ class ImageTransform:
         if self.center_crop:
             left, top = (w - self.resolution) // 2, (h - self.resolution) // 2
         else:
-            left, top = int(self._rand() * (w - self.resolution + 1)), int(self._rand() * (h - self.resolution + 1))
+            left = int(self._rand(generator) * (w - self.resolution + 1))
+            top = int(self._rand(generator) * (h - self.resolution + 1))
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         tensor = torch.from_numpy(array).reshape(self.resolution, self.resolution, self.channels).permute(2, 0, 1)
-        if self.random_flip and self._rand() < 0.5:
+        if self.random_flip and self._rand(generator) < 0.5:
             tensor = tensor.flip(-1)
         return tensor.contiguous()

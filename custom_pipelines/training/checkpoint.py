@@ -2,8 +2,9 @@
 
 A checkpoint folder `checkpoint-<step>/` holds accelerate's state (models as safetensors, optimizers, lr schedulers,
 sampler and RNG states) plus ours: `ema/<model>.safetensors` and `trainer_state.json` (step, EMA counters, the
-script's extra state such as a GAN's growing stage). A crash mid-save leaves only `.tmp-checkpoint-<step>`, which
-`latest` never picks.
+script's extra state such as a GAN's growing stage; tensors in it, such as a CycleGAN's image pools, go to
+`extra_state.safetensors`, so nothing in a checkpoint of ours is a pickle). A crash mid-save leaves only
+`.tmp-checkpoint-<step>`, which `latest` never picks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
+EXTRA_TENSORS_FILE = "extra_state.safetensors"
+_TENSOR_REF = "__tensor__"
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -71,6 +74,29 @@ def load_ema(ema_models: dict, folder: str, counters: dict) -> None:
         ema.optimization_step = counters[name]["optimization_step"]
 
 
+def split_tensors(obj, tensors: dict[str, torch.Tensor], path: str = "extra"):
+    """`obj` with every tensor replaced by {"__tensor__": key} and stored in `tensors` (nested dicts/lists)."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().to("cpu").contiguous()
+        return {_TENSOR_REF: path}
+    if isinstance(obj, dict):
+        return {k: split_tensors(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [split_tensors(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def join_tensors(obj, tensors: dict[str, torch.Tensor]):
+    """The inverse of `split_tensors`."""
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR_REF}:
+            return tensors[obj[_TENSOR_REF]]
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
 def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, state: dict, total_limit: int | None):
     """Write `checkpoint-<step>` atomically on all ranks' behalf; rotate old ones past `total_limit`."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
@@ -82,6 +108,10 @@ def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, s
     # save_state ends without a barrier: let every rank finish writing into tmp before rank 0 renames it
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        tensors: dict[str, torch.Tensor] = {}
+        state = split_tensors(state, tensors, "state")
+        if tensors:
+            save_file(tensors, os.path.join(tmp, EXTRA_TENSORS_FILE))
         state = {**state, "global_step": step, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2)
@@ -100,5 +130,8 @@ def load_checkpoint(accelerator, path: str, ema_models: dict) -> dict:
     accelerator.load_state(path)
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
+    tensors_file = os.path.join(path, EXTRA_TENSORS_FILE)
+    if os.path.isfile(tensors_file):
+        state = join_tensors(state, load_file(tensors_file))
     load_ema(ema_models, os.path.join(path, "ema"), state.get("ema", {}))
     return state

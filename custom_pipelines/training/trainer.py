@@ -169,8 +169,9 @@ class Trainer:
         collate_fn: `fn(list of dataset items) -> batch dict`; when given, `dataset` is used as it is (LR/HR
             pairs, two domains, cached latents, image + caption). Without it the items are images (and labels),
             transformed to `pixel_values` in [-1, 1].
-        extra_state: optional object with JSON-able `state_dict()` / `load_state_dict()` (e.g. a growing stage),
-            saved in every checkpoint.
+        extra_state: optional object with `state_dict()` / `load_state_dict()` (e.g. a growing stage, image
+            pools), saved in every checkpoint: JSON values, plus tensors (stored as safetensors). Every rank calls
+            `state_dict()` (it may gather across ranks); rank 0 writes it.
         family, pipeline_class, description, script, example_call_kwargs: for the model card (`script` is the
             training script's `__file__`; `example_call_kwargs` the pipeline call its usage snippet shows,
             `example_setup` the code before it, `uses_generator=False` for a deterministic pipeline).
@@ -364,6 +365,8 @@ class Trainer:
         while self.global_step < self.max_train_steps:
             epoch, skip = divmod(self.global_step, self.updates_per_epoch)
             self.dataloader.set_epoch(epoch)
+            if hasattr(self.dataset, "set_epoch"):  # a dataset that draws per (epoch, item), e.g. unpaired pairs
+                self.dataset.set_epoch(epoch)
             loader = self.dataloader
             if skip:
                 loader = acc.skip_first_batches(self.dataloader, skip * args.gradient_accumulation_steps)
