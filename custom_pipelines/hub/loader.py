@@ -21,6 +21,7 @@ from pathlib import Path
 import diffusers
 
 from .shims import MODEL_INDEX, OUR_LIBRARY, PACKAGE, code_files, foreign_code, read_index
+from .validate import check_pipeline_folder
 
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
 logger = logging.getLogger(__name__)
@@ -122,9 +123,29 @@ def checked_from_pretrained(
     folder, commit = resolve_code_snapshot(
         pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
     )
+    check_pipeline_folder(folder, kwargs.get("use_safetensors"))  # a broken file first: the error names it
     has_shims = check_code(pretrained_model_name_or_path, folder)
     import_our_libraries(read_index(folder))
+    _check_repo_files(folder, kwargs, os.fspath(pretrained_model_name_or_path), commit)
     return load_checked_snapshot(load, pretrained_model_name_or_path, folder, commit, has_shims, **kwargs)
+
+
+def _check_repo_files(folder: Path, kwargs: dict, repo_id: str, commit: str | None) -> None:
+    """For a Hub repo, whose weights are not downloaded yet, refuse pickled weights from its file list at `commit`
+    (unless `use_safetensors=False`): diffusers' own default would fall back to them silently."""
+    from huggingface_hub import constants
+
+    from .validate import check_repo_files
+
+    if commit is not None and not (constants.HF_HUB_OFFLINE or kwargs.get("local_files_only")):
+        from huggingface_hub import HfApi
+
+        try:
+            files = HfApi().list_repo_files(repo_id, revision=commit, token=kwargs.get("token"))
+        except _hub_unreachable_errors():
+            files = None  # the offline path below loads the cached snapshot, which check_pipeline_folder reads
+        if files is not None:
+            check_repo_files(repo_id, files, read_index(folder), kwargs.get("use_safetensors"))
 
 
 def load_checked_snapshot(
@@ -205,6 +226,7 @@ def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs) ->
     folder, commit = resolve_code_snapshot(
         pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
     )
+    check_pipeline_folder(folder, kwargs.get("use_safetensors"))
     index = read_index(folder)
     if "_class_name" not in index:
         raise ValueError(f"model_index.json of {os.fspath(pretrained_model_name_or_path)!r} has no _class_name")
@@ -213,6 +235,7 @@ def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs) ->
         return cls.from_pretrained(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     has_shims = check_code(pretrained_model_name_or_path, folder)
     import_our_libraries(index)
+    _check_repo_files(folder, kwargs, os.fspath(pretrained_model_name_or_path), commit)
     return load_checked_snapshot(
         cls.from_pretrained, pretrained_model_name_or_path, folder, commit, has_shims, **kwargs
     )

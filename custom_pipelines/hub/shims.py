@@ -36,8 +36,11 @@ def read_index(folder: str | os.PathLike) -> dict:
     path = Path(folder) / MODEL_INDEX
     if not path.is_file():
         raise ValueError(f"{folder} has no {MODEL_INDEX}: not a saved pipeline folder")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
 
 
 def pipeline_class_name(index: dict) -> str | None:
