@@ -11,6 +11,7 @@ Listed before `DiffusionPipeline` in the bases: `class XPipeline(HubPipelineMixi
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -42,11 +43,15 @@ class HubPipelineMixin:
         model_index.json last: a crash mid-save never leaves a half-written pipeline (see `_move_into_place`). With
         `push_to_hub=True` the finished folder is uploaded (`repo_id` defaults to the folder's name; `token`,
         `private`, `commit_message`, `create_pr` as diffusers')."""
+        from custom_pipelines.faults import fault_point
+
         from .shims import write_shims
 
         push_keys = ("repo_id", "token", "private", "commit_message", "create_pr")
         push_kwargs = {key: kwargs.pop(key) for key in push_keys if key in kwargs}
         os.makedirs(save_directory, exist_ok=True)
+        for debris in glob.glob(os.path.join(glob.escape(os.fspath(save_directory)), ".tmp-save-*")):
+            shutil.rmtree(debris, ignore_errors=True)  # the staging folder of a save that was killed
         staging = tempfile.mkdtemp(prefix=".tmp-save-", dir=save_directory)
         try:
             super().save_pretrained(
@@ -57,6 +62,7 @@ class HubPipelineMixin:
                 **kwargs,
             )
             write_shims(staging)
+            fault_point("save")
             _move_into_place(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,8 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from custom_pipelines.faults import fault_point
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 EXTRA_TENSORS_FILE = "extra_state.safetensors"
@@ -104,25 +106,38 @@ def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, s
     if accelerator.is_main_process and os.path.isdir(tmp):
         shutil.rmtree(tmp)  # debris of an interrupted save
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)  # every rank takes part (each saves its own RNG state)
-    # save_state ends without a barrier: let every rank finish writing into tmp before rank 0 renames it
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tensors: dict[str, torch.Tensor] = {}
-        state = split_tensors(state, tensors, "state")
-        if tensors:
-            save_file(tensors, os.path.join(tmp, EXTRA_TENSORS_FILE))
-        state = {**state, "global_step": step, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
-        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if total_limit is not None:
-            for _, old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(tmp)  # every rank takes part (each saves its own RNG state)
+        fault_point("checkpoint", step)
+        # save_state ends without a barrier: let every rank finish writing into tmp before rank 0 renames it
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _finish_checkpoint(tmp, final, output_dir, state, step, ema_models, total_limit)
+    except OSError as err:  # a full disk or a folder gone read-only: the earlier checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            f"checkpoint-{step} could not be written to {output_dir} ({err}); the earlier checkpoints there are "
+            "intact: free space and rerun with --resume_from_checkpoint latest"
+        ) from err
     accelerator.wait_for_everyone()
     return final
+
+
+def _finish_checkpoint(tmp, final, output_dir, state, step, ema_models, total_limit) -> None:
+    """Rank 0: our state and EMA into the temp folder, then the rename that makes it `latest`; rotation."""
+    tensors: dict[str, torch.Tensor] = {}
+    state = split_tensors(state, tensors, "state")
+    if tensors:
+        save_file(tensors, os.path.join(tmp, EXTRA_TENSORS_FILE))
+    state = {**state, "global_step": step, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
+    with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if total_limit is not None:
+        for _, old in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(accelerator, path: str, ema_models: dict) -> dict:

@@ -15,6 +15,7 @@ import datetime
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,6 +34,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from custom_pipelines.faults import fault_point
 from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
@@ -103,8 +105,19 @@ def create_accelerator(args) -> Accelerator:
         main_process_only=True,
     )
     if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+        check_output_dir(args.output_dir)
     return accelerator
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Create `output_dir` and write a probe file in it, so an unwritable folder fails before training, not at the
+    first checkpoint."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output_dir {output_dir!r} cannot be written to ({err.strerror or err})") from err
 
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch.optim.AdamW(fused=True) kernels since torch 2.4
@@ -394,6 +407,7 @@ class Trainer:
         self.global_step += 1
         for name, ema in self.emas.items():
             ema.step(self.unwrap(name).parameters())
+        fault_point("step", self.global_step)  # the kill tests' hook (custom_pipelines.faults): a no-op unless set
         if self.global_step % self.args.checkpointing_steps == 0:
             self.save_checkpoint()
         if self.global_step % self.args.validation_steps == 0:
@@ -535,7 +549,13 @@ class Trainer:
             for name in self.models:
                 self.unwrap(name).eval()
             with self.ema_weights():
-                self.save_pipeline(self, args.output_dir)
+                try:
+                    self.save_pipeline(self, args.output_dir)
+                except OSError as err:  # a full disk, a folder gone read-only: say what is safe
+                    raise OSError(
+                        f"the final pipeline could not be written to {args.output_dir} ({err}); the checkpoints in "
+                        "it are intact: free space and rerun with --resume_from_checkpoint latest"
+                    ) from err
             summary = {
                 "global_step": self.global_step,
                 "world_size": acc.num_processes,

@@ -110,3 +110,14 @@ def test_eval_fid_every_on_the_class_conditional_family(tmp_path, monkeypatch):
     train_cfg.main(train_cfg.parse_args(args))
     (evaluation,) = [m for m in read_metrics(out) if "eval/fid" in m]
     assert evaluation["step"] == 4 and evaluation["eval/fid"] > 0 and 0 <= evaluation["eval/recall"] <= 1
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_resumes_bit_identical(tmp_path):
+    from tests.training.kill_resume import check_kill_points
+
+    def args_for(out):
+        return tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--validation_steps", "6")
+
+    files = ["unet/diffusion_pytorch_model.safetensors"]
+    assert check_kill_points("train_cfg.py", args_for, tmp_path, files) == 3

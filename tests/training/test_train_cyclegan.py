@@ -175,3 +175,16 @@ def test_accelerate_launch_two_cpu_processes_and_resume(config, tmp_path):
     assert [s for s, _ in list_checkpoints(out)] == [3, 6]
     steps = [m["step"] for m in read_metrics(out) if "g_loss" in m]
     assert steps[-3:] == [4, 5, 6] and 4 in steps[steps.index(3) + 1 :]
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_resumes_bit_identical(config, tmp_path):
+    """Both generators (with EMA), both discriminators, the pools and the pairing all come back."""
+    from tests.training.kill_resume import check_kill_points
+
+    def args_for(out):
+        return tiny_args(config, out, "--checkpointing_steps", "2")
+
+    names = ("generator_a_to_b", "generator_b_to_a", "discriminator_a", "discriminator_b")
+    files = [f"{name}/{WEIGHTS}" for name in names]
+    assert check_kill_points("train_cyclegan.py", args_for, tmp_path, files) == 3

@@ -202,3 +202,70 @@ def test_eval_fid_every_logs_metrics(tmp_path, monkeypatch):
     assert [m["step"] for m in evals] == [2, 4]
     for m in evals:
         assert m["eval/fid"] > 0 and np.isfinite(m["eval/kid_mean"]) and 0 <= m["eval/precision"] <= 1
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_resumes_bit_identical(tmp_path):
+    from tests.training.kill_resume import check_kill_points
+
+    def args_for(out):
+        return tiny_args(out, "--checkpointing_steps", "2", "--use_ema")
+
+    files = ["unet/diffusion_pytorch_model.safetensors"]
+    assert check_kill_points("train_ddpm.py", args_for, tmp_path, files) == 3
+
+
+@pytest.mark.slow
+def test_when_one_of_two_processes_dies_the_run_stops_instead_of_hanging(tmp_path, monkeypatch):
+    """Rank 1 is SIGKILLed after step 3; rank 0 must not wait forever in the next all-reduce: the launcher stops
+    the run (well inside --ddp_timeout) with a non-zero exit, and checkpoint-2 stays complete for a resume."""
+    import time
+
+    out = tmp_path / "ddp-dies"
+    monkeypatch.setenv("CUSTOM_PIPELINES_FAULT", "step:3:1")
+    start = time.monotonic()
+    with pytest.raises(AssertionError, match=r"rank      : 1 \(local_rank: 1\)\n    exitcode  : -9"):
+        launch_two_processes(tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "2"), tmp_path)
+    assert time.monotonic() - start < 180
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and not (out / "model_index.json").exists()
+
+
+def test_an_unwritable_output_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="--output_dir .* cannot be written to"):
+        train_ddpm.main(train_ddpm.parse_args(tiny_args(blocker / "run")))
+
+
+def test_a_full_disk_at_a_checkpoint_or_the_final_save_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    import errno
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
+    from custom_pipelines.training import checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_save_ema, calls = checkpoint.save_ema, []
+
+    def save_ema_then_full(*args, **kwargs):  # checkpoint-2 is written, checkpoint-4 finds the disk full
+        calls.append(1)
+        return real_save_ema(*args, **kwargs) if len(calls) == 1 else full()
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "save_ema", save_ema_then_full)
+    with pytest.raises(OSError, match=r"checkpoint-4 could not be written .*No space left.*earlier checkpoints there"):
+        train_ddpm.main(train_ddpm.parse_args(tiny_args(out, "--checkpointing_steps", "2")))
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / ".tmp-checkpoint-4").exists() and not (out / "checkpoint-4").exists()
+
+    monkeypatch.setattr(checkpoint, "save_ema", real_save_ema)
+    monkeypatch.setattr(UnconditionalDiffusionPipeline, "save_pretrained", full)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    args = tiny_args(out, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest")
+    with pytest.raises(OSError, match="the final pipeline could not be written .* checkpoints in it are intact"):
+        train_ddpm.main(train_ddpm.parse_args(args))
+    assert (out / "checkpoint-6" / "trainer_state.json").is_file() and not (out / "model_index.json").exists()

@@ -319,3 +319,15 @@ def test_a_bad_recipe_raises_naming_the_file_and_key(tmp_path, recipe, message):
     with pytest.raises(ValueError, match=message) as err:
         parse(model_config=str(folder))
     assert "loss must be" in message or str(folder / train_gan.RECIPE_FILE) in str(err.value)
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_resumes_bit_identical(configs, tmp_path):
+    """ProGAN: its growing stage and fade-in are part of what must come back."""
+    from tests.training.kill_resume import check_kill_points
+
+    def args_for(out):
+        return tiny_args(configs, "progan", out, "--checkpointing_steps", "2", "--phase_steps", "2", "--n_critic", "2")
+
+    files = ["gan_generator/diffusion_pytorch_model.safetensors", "discriminator/diffusion_pytorch_model.safetensors"]
+    assert check_kill_points("train_gan.py", args_for, tmp_path, files) == 3

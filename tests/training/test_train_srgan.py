@@ -207,3 +207,16 @@ def test_accelerate_launch_two_cpu_processes_with_resume(configs, srresnet_run, 
     steps = [m["step"] for m in read_metrics(out) if "g_loss" in m]
     assert steps == [1, 2, 3, 4]
     assert SuperResolutionPipeline.from_pretrained(out).scale_factor == 4
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_resumes_bit_identical(configs, srresnet_run, tmp_path):
+    """The SRGAN stage (generator, discriminator, two optimizers) from the SRResNet run."""
+    from tests.training.kill_resume import check_kill_points
+
+    def args_for(out):
+        return tiny_args(configs, "srgan", out, "--pretrained_model_name_or_path", str(srresnet_run),
+                         "--max_train_steps", "6", "--validation_steps", "6")  # fmt: skip
+
+    files = ["upscaler/diffusion_pytorch_model.safetensors", "discriminator/diffusion_pytorch_model.safetensors"]
+    assert check_kill_points("train_srgan.py", args_for, tmp_path, files) == 3
