@@ -33,6 +33,7 @@ def load_image_dataset(
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"train_data_dir must be an existing folder of images, got {train_data_dir!r}")
+        check_metadata_paths(train_data_dir)
         return datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
     if dataset_name in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[dataset_name](resolution)
@@ -46,6 +47,38 @@ def load_image_dataset(
             f"dataset_name={dataset_name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}), "
             f"a local saved dataset folder, or a loadable Hub dataset ({type(err).__name__}: {err})"
         ) from err
+
+
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+
+
+def check_metadata_paths(data_dir: str) -> None:
+    """Every `file_name` of an imagefolder's metadata.jsonl / metadata.csv must name a file inside `data_dir`: an
+    absolute path or one that climbs out with `..` is refused, naming the file and the line."""
+    import csv
+    import json
+
+    root = os.path.realpath(data_dir)
+    for folder, _, files in os.walk(data_dir):
+        for name in files:
+            if name not in METADATA_FILES:
+                continue
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8", newline="") as f:
+                if name.endswith(".jsonl"):
+                    rows = [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
+                else:
+                    rows = [(i, row) for i, row in enumerate(csv.DictReader(f), 2)]
+            for line, row in rows:
+                file_name = row.get("file_name") if isinstance(row, dict) else None
+                if not isinstance(file_name, str):
+                    continue  # datasets' own error names a missing file_name
+                target = os.path.realpath(os.path.join(folder, file_name))
+                if os.path.isabs(file_name) or os.path.commonpath([root, target]) != root:
+                    raise ValueError(
+                        f"{path} line {line}: file_name {file_name!r} points outside train_data_dir {data_dir!r}; "
+                        "metadata may only name files inside the folder"
+                    )
 
 
 def filter_classes(dataset, label_column: str, class_filter: Sequence[int]):

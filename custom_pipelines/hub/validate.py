@@ -27,11 +27,13 @@ import importlib
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 CONFIG_FILES = ("config.json", "scheduler_config.json")
 OUR_PACKAGE = "custom_pipelines"
+COMPONENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _components(index: dict) -> dict[str, tuple[str, str]]:
@@ -182,6 +184,8 @@ def check_pipeline_folder(folder: str | os.PathLike, use_safetensors: bool | Non
     index_file = folder / "model_index.json"
     index = _read_json(index_file)
     for name, (library, class_name) in _components(index).items():
+        if not COMPONENT_NAME.fullmatch(name):  # a component is a subfolder: no path may leave the folder
+            raise ValueError(f"{index_file}: component name {name!r} is not a plain folder name (letters, digits, _)")
         cls = resolve_component_class(index_file, name, library, class_name)
         sub = folder / name
         if not sub.is_dir():

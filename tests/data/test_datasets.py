@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,25 @@ def test_imagefolder_and_saved_dataset(tmp_path, digits):
     digits.select(range(10)).save_to_disk(tmp_path / "saved")
     saved = load_image_dataset(str(tmp_path / "saved"))
     assert len(saved) == 10 and saved["label"] == digits["label"][:10]
+
+
+@pytest.mark.parametrize("file_name", ["../secret.png", "/etc/secret.png", "sub/../../secret.png"])
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_metadata_file_names_cannot_escape_the_data_dir(tmp_path, file_name, kind):
+    from PIL import Image
+
+    from custom_pipelines.data.loading import load_image_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "a.png")
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "secret.png")
+    if kind == "jsonl":
+        rows = [{"file_name": "a.png", "text": "ok"}, {"file_name": file_name, "text": "stolen"}]
+        (data / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        line = 2
+    else:
+        (data / "metadata.csv").write_text(f"file_name,text\na.png,ok\n{file_name},stolen\n")
+        line = 3
+    with pytest.raises(ValueError, match=rf"metadata\.{kind} line {line}: file_name .* points outside train_data_dir"):
+        load_image_dataset(train_data_dir=str(data))

@@ -122,3 +122,12 @@ def test_a_hub_repo_listing_with_pickles_only_is_refused_before_any_download():
     check_repo_files("u/r", files, index, use_safetensors=False)
     check_repo_files("u/r", [*files, "gan_generator/diffusion_pytorch_model.safetensors"], index)
     check_repo_files("u/r", [*files[:2], "training_args.bin"], index)  # not a component: diffusers never loads it
+
+
+@pytest.mark.parametrize("name", ["../outside", "/etc", "a/b", "..", "unet\\\\..\\\\x"])
+def test_a_component_name_that_is_a_path_is_refused(copy, name):
+    folder = copy("gan")
+    component = ["custom_pipelines.gan.dcgan", "DCGANGenerator"]
+    edit_json(folder / "model_index.json", lambda d: d.update({name: component}))
+    with pytest.raises(ValueError, match="is not a plain folder name"):
+        GANPipeline.from_pretrained(folder)
