@@ -17,6 +17,7 @@ import shutil
 import tempfile
 
 INDEX_FILE = "model_index.json"
+CONFIG_FILE = "config.json"
 
 
 class HubPipelineMixin:
@@ -115,16 +116,35 @@ class HubPipelineMixin:
             )
 
 
-def _move_into_place(staging: str, save_directory: str) -> None:
+def save_model_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
+    """`model.save_pretrained(save_directory)` (a diffusers ModelMixin saved as a folder of its own, e.g. a trained
+    VAE) staged and moved into place like a pipeline: config.json, which makes the folder a model, goes first and
+    comes back last, so a crash leaves the old model or a folder without config.json, never new weights under an
+    old config. Other files in the folder are kept."""
+    from custom_pipelines.faults import fault_point
+
+    os.makedirs(save_directory, exist_ok=True)
+    for debris in glob.glob(os.path.join(glob.escape(os.fspath(save_directory)), ".tmp-save-*")):
+        shutil.rmtree(debris, ignore_errors=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-save-", dir=save_directory)
+    try:
+        model.save_pretrained(staging, **kwargs)
+        fault_point("save")
+        _move_into_place(staging, os.fspath(save_directory), marker=CONFIG_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: str, save_directory: str, marker: str = INDEX_FILE) -> None:
     """Move a complete save from `staging` into `save_directory` so that a crash at any moment leaves either the old
     pipeline, or a folder without model_index.json (which no loader takes for a pipeline), never a mix: the old index
     goes first, each component is replaced whole (rename), the new index comes last. Other files there (checkpoints,
     logs, a model card) are kept."""
-    index = os.path.join(save_directory, INDEX_FILE)
+    index = os.path.join(save_directory, marker)
     if os.path.exists(index):
         os.remove(index)
     for name in sorted(os.listdir(staging)):
-        if name == INDEX_FILE:
+        if name == marker:
             continue
         source, target = os.path.join(staging, name), os.path.join(save_directory, name)
         if os.path.isdir(target) and not os.path.islink(target):
@@ -134,7 +154,7 @@ def _move_into_place(staging: str, save_directory: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(source, target)
-    os.replace(os.path.join(staging, INDEX_FILE), index)
+    os.replace(os.path.join(staging, marker), index)
 
 
 def _has_card(repo_id: str, token: str | None, revision: str | None) -> bool:

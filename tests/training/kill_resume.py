@@ -41,10 +41,12 @@ def check_kill_points(
     root: Path,
     weight_files: list[str],
     points: tuple[str, ...] = DEFAULT_POINTS,
+    marker: str = "model_index.json",
 ) -> int:
     """Kill `script` at each point, resume, compare `weight_files` with the straight run; returns kills survived.
 
-    `args_for(output_dir)` gives the script's arguments for 6 optimizer steps with a checkpoint every 2.
+    `args_for(output_dir)` gives the script's arguments for 6 optimizer steps with a checkpoint every 2; `marker`
+    is the file that makes the output a loadable folder (model_index.json, or config.json for a bare model).
     """
     straight = root / "straight"
     result = run_script(script, args_for(straight))
@@ -61,7 +63,7 @@ def check_kill_points(
             step = point.split(":")[1]
             assert f".tmp-checkpoint-{step}" in names and f"checkpoint-{step}" not in names, names
         if point == "save":  # the final save: the whole pipeline or none of it, never a part
-            assert "model_index.json" not in names and any(n.startswith(".tmp-save-") for n in names), names
+            assert marker not in names and any(n.startswith(".tmp-save-") for n in names), names
         resumed = run_script(script, [*args_for(out), "--resume_from_checkpoint", "latest"])
         assert resumed.returncode == 0, f"{point}: resume failed: {resumed.stderr[-3000:]}"
         assert not [n for n in os.listdir(out) if n.startswith(".tmp-")], os.listdir(out)  # no debris left
