@@ -17,7 +17,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # One process on the CPU; accelerate's flags spelled out so no config file is needed.
 LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae test test-fast lint bench bench-gan clean
+.PHONY: install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,22 @@ demo-vae: $(STAMP)
 	$(LAUNCH) training/train_vae.py --model_config vae-digits-32-f4 --dataset_name digits --output_dir $(VAE_RUN)
 	$(BIN)/python benchmarks/vae_quality.py --runs $(VAE_RUN) --output_dir $(VAE_RUN)/quality
 	@echo "autoencoder: $(VAE_RUN)/ (AutoencoderKL.from_pretrained), reconstructions: $(VAE_RUN)/reconstructions.png"
+
+# Latent diffusion at 32×32 on digits (≈ 10 min on 2 cores): the f=4 AutoencoderKL of demo-vae (4×8×8 latents), then
+# a text-conditional latent UNet on label captions ("a handwritten digit seven") with the default text encoder
+# all-MiniLM-L6-v2, latents cached once. One OpenMP thread: two threads spin on a shared 2-core machine
+# (docs/latent_diffusion.md, "Threads"). The prompted grid is the trainer's last validation grid.
+LDM_STEPS ?= 1000
+LDM_RUN ?= runs/ldm-text-digits
+demo-ldm: $(STAMP)
+	OMP_NUM_THREADS=1 $(LAUNCH) training/train_vae.py --model_config vae-digits-32-f4 --dataset_name digits \
+		--output_dir $(VAE_RUN)
+	OMP_NUM_THREADS=1 $(LAUNCH) training/train_ldm.py --dataset_name digits --vae_name_or_path $(VAE_RUN) \
+		--conditioning text --cache_latents --output_dir $(LDM_RUN) --max_train_steps $(LDM_STEPS) \
+		--checkpointing_steps $(LDM_STEPS) --checkpoints_total_limit 1 --validation_steps $(LDM_STEPS) \
+		--num_validation_images 100
+	@echo "autoencoder: $(VAE_RUN)/ (reconstructions.png: held-out input | reconstruction, reconstruction_metrics.json)"
+	@echo "text model:  $(LDM_RUN)/ (LatentDiffusionPipeline); prompted grid: $(LDM_RUN)/samples/ (row k = 'a handwritten digit k', w = 3)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -rs --durations=15

@@ -14,7 +14,7 @@ import torch
 SHIFT_THRESHOLD = 0.1
 
 
-def _scale_and_shift(vae) -> tuple[float, float]:
+def latent_scale_and_shift(vae) -> tuple[float, float]:
     scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return float(scale), float(shift)
@@ -27,13 +27,13 @@ def encode_latents(vae, images: torch.Tensor, generator: torch.Generator | None 
     images = images.to(device=vae.device, dtype=vae.dtype)
     posterior = vae.encode(images).latent_dist
     z = posterior.sample(generator=generator) if sample else posterior.mode()
-    scale, shift = _scale_and_shift(vae)
+    scale, shift = latent_scale_and_shift(vae)
     return (z - shift) * scale
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents → images in [-1, 1] (not clamped: the image processor clamps), in the VAE's dtype."""
-    scale, shift = _scale_and_shift(vae)
+    scale, shift = latent_scale_and_shift(vae)
     z = latents.to(device=vae.device, dtype=vae.dtype) / scale + shift
     return vae.decode(z).sample
 
