@@ -30,7 +30,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_fast_sampling_args(parser)
     parser.add_argument("--output", default=None, help="write {K: timesteps} and the settings to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # checked before any pipeline is loaded; console_entry turns the ValueError into one line
+    for name in ("num_samples", "grid_size", "batch_size", "num_classes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if any(k < 1 for k in args.num_inference_steps):
+        raise ValueError(f"--num_inference_steps must all be >= 1, got {args.num_inference_steps}")
+    if args.guidance_scale is not None and not args.guidance_scale >= 0:
+        raise ValueError(f"--guidance_scale must be >= 0, got {args.guidance_scale}")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:

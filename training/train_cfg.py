@@ -53,8 +53,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--class_embed_dim must be a positive integer, got {args.class_embed_dim}")
     if not 0.0 <= args.conditioning_dropout < 1.0:
         raise ValueError(f"--conditioning_dropout must be in [0, 1), got {args.conditioning_dropout}")
-    if args.validation_guidance_scale < 0:
-        raise ValueError(f"--validation_guidance_scale must be >= 0, got {args.validation_guidance_scale}")
+    if not 0 <= args.validation_guidance_scale < float("inf"):  # NaN fails too
+        raise ValueError(f"--validation_guidance_scale must be >= 0 and finite, got {args.validation_guidance_scale}")
 
 
 def dataset_classes(dataset, label_column: str) -> tuple[int, dict[int, str] | None]:

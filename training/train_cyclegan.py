@@ -87,8 +87,9 @@ def validate_args(args: argparse.Namespace) -> None:
             f"--gradient_accumulation_steps must be 1 for CycleGAN, got {args.gradient_accumulation_steps}"
         )
     for name in ("lambda_cycle", "lambda_identity"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+        if not 0 <= getattr(args, name) < float("inf"):  # NaN fails too
+            raise ValueError(f"--{name} must be >= 0 and finite, got {getattr(args, name)}")
+    validate_domain_args(args)
     if args.pool_size < 0:
         raise ValueError(f"--pool_size must be >= 0 (0: no pool), got {args.pool_size}")
     if not 0.0 <= args.pool_return_probability <= 1.0:
@@ -97,6 +98,21 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
     if args.num_eval_images < 1:
         raise ValueError(f"--num_eval_images must be a positive integer, got {args.num_eval_images}")
+
+
+def validate_domain_args(args: argparse.Namespace) -> None:
+    """The two ways to name domain B of a non-built-in dataset exclude each other (the loader would pick one)."""
+    domains = [name for name in ("domain_a", "domain_b") if getattr(args, name) is not None]
+    if domains and args.domain_column is None:
+        raise ValueError(f"--{' and --'.join(domains)} name values of --domain_column: give --domain_column too")
+    if args.domain_column is not None and len(domains) != 2:
+        raise ValueError("--domain_column needs both --domain_a and --domain_b (the column's value of each domain)")
+    if args.domain_column is not None and args.dataset_name_b is not None:
+        raise ValueError("pass --dataset_name_b (domain B's own dataset) or --domain_column (one dataset), not both")
+    if args.train_data_dir is not None and (args.domain_column is not None or args.dataset_name_b is not None):
+        raise ValueError(
+            "--train_data_dir holds both domains (trainA/, trainB/): drop --domain_column and --dataset_name_b"
+        )
 
 
 def build_models(args) -> dict:

@@ -168,8 +168,19 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--style_mixing_prob must be in [0, 1], got {args.style_mixing_prob}")
     if not 0.0 <= args.w_avg_beta <= 1.0:
         raise ValueError(f"--w_avg_beta must be in [0, 1], got {args.w_avg_beta}")
-    if not args.d_learning_rate > 0:
-        raise ValueError(f"--d_learning_rate must be > 0, got {args.d_learning_rate}")
+    if not 0 < args.d_learning_rate < float("inf"):
+        raise ValueError(f"--d_learning_rate must be > 0 and finite, got {args.d_learning_rate}")
+    for name in ("r1_gamma", "gp_lambda"):
+        if not 0 <= getattr(args, name) < float("inf"):  # NaN fails too
+            raise ValueError(f"--{name} must be >= 0 and finite, got {getattr(args, name)}")
+    if not 0 < args.clip_value < float("inf"):
+        raise ValueError(
+            f"--clip_value must be > 0 and finite (WGAN clips weights to ±clip_value), got {args.clip_value}"
+        )
+    from custom_pipelines.pipelines.pipeline_stylegan import PSI_RANGE  # the pipeline's own range for ψ
+
+    if not PSI_RANGE[0] <= args.truncation_psi <= PSI_RANGE[1]:
+        raise ValueError(f"--truncation_psi must be in [{PSI_RANGE[0]}, {PSI_RANGE[1]}], got {args.truncation_psi}")
 
 
 def build_models(args):

@@ -111,14 +111,19 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.num_train_patches < 1:
         raise ValueError(f"--num_train_patches must be a positive integer, got {args.num_train_patches}")
     for name in ("ssim_weight", "pixel_weight", "adversarial_weight"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if not args.d_learning_rate > 0:
-        raise ValueError(f"--d_learning_rate must be > 0, got {args.d_learning_rate}")
+        if not 0 <= getattr(args, name) < float("inf"):  # NaN fails too
+            raise ValueError(f"--{name} must be >= 0 and finite, got {getattr(args, name)}")
+    if not 0 < args.d_learning_rate < float("inf"):
+        raise ValueError(f"--d_learning_rate must be > 0 and finite, got {args.d_learning_rate}")
     if args.content_loss is None:
         args.content_loss = "vgg" if args.vgg_weights else "l1_ssim"
     if args.content_loss == "vgg" and not args.vgg_weights:
         raise ValueError("--content_loss vgg needs --vgg_weights (VGG19 safetensors; nothing is downloaded)")
+    if args.content_loss == "vgg":
+        from custom_pipelines.gan.srgan import VGG_LAYERS
+
+        if args.vgg_layer not in VGG_LAYERS:
+            raise ValueError(f"--vgg_layer must be one of {list(VGG_LAYERS)}, got {args.vgg_layer!r}")
     if args.content_loss == "l1_ssim" and args.vgg_weights:
         raise ValueError("--vgg_weights is used only with --content_loss vgg")
     if args.stage == "srgan":

@@ -49,7 +49,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="write the metrics to this JSON file")
     args = parser.parse_args(argv)
     resolve_timesteps_args(args)
+    validate_args(args)
     return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """A ValueError naming the flag for every bad count or scale, before the pipeline is loaded or sampled."""
+    for name in ("num_samples", "batch_size", "kid_subsets", "pr_k", "num_classes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    for name in ("num_inference_steps", "reference_num_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer (or left out), got {getattr(args, name)}")
+    if args.kid_subset_size < 2:
+        raise ValueError(
+            f"--kid_subset_size must be >= 2 (KID's unbiased MMD² compares pairs), got {args.kid_subset_size}"
+        )
+    if args.guidance_scale is not None and not 0 <= args.guidance_scale < math.inf:
+        raise ValueError(f"--guidance_scale must be >= 0 and finite, got {args.guidance_scale}")
 
 
 def run(args: argparse.Namespace) -> dict:

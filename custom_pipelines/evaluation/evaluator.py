@@ -25,7 +25,7 @@ from custom_pipelines.evaluation.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from custom_pipelines.pipelines.utils import sample_images
+from custom_pipelines.pipelines.utils import check_positive_int, sample_images
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,14 @@ def evaluate_pipeline(
         A dict with `fid`, `kid_mean`, `kid_std`, `precision`, `recall`, `inception_score_mean`/`_std` (when the
         extractor has logits), `class_accuracy` (with `class_labels` and a classifier), and the run's settings.
     """
+    # the metric options are checked before sampling, which is the slow part
+    counts = {"num_samples": num_samples, "batch_size": batch_size, "kid_subsets": kid_subsets, "pr_k": pr_k}
+    for name, value in {**counts, "is_splits": is_splits}.items():
+        check_positive_int(name, value)
+    if not isinstance(kid_subset_size, int) or kid_subset_size < 2:
+        raise ValueError(f"kid_subset_size must be an integer >= 2 (KID compares pairs), got {kid_subset_size!r}")
+    if fid_method not in ("sqrtm", "eigh"):
+        raise ValueError(f"fid_method must be one of 'sqrtm', 'eigh', got {fid_method!r}")
     start_time = time.perf_counter()
     fake_stats, fake_features, fake_logits, correct = None, [], [], []
     for images, labels in sample_images(

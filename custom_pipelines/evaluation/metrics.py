@@ -38,6 +38,11 @@ class GaussianStatistics:
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ValueError(f"features must have shape [B, {self.dim}], got {tuple(features.shape)}")
         x = features.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"features must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf values (from non-finite "
+                "images: a diverged sampler?)"
+            )
         self.count += x.shape[0]
         self.sum += x.sum(dim=0)
         self.sum_outer += x.T @ x
@@ -309,6 +314,8 @@ def inception_score(probs: torch.Tensor, num_splits: int = 10) -> tuple[float, f
     if not 1 <= num_splits <= probs.shape[0]:
         raise ValueError(f"num_splits must be in [1, {probs.shape[0]}] (the number of samples), got {num_splits}")
     p = probs.detach().cpu().double()
+    if not bool(((p >= 0) & (p <= 1)).all()):  # also refuses NaN
+        raise ValueError("probs must be class probabilities in [0, 1] (softmax of the logits), got values outside")
     scores = []
     for split in torch.tensor_split(p, num_splits):
         p_y = split.mean(dim=0, keepdim=True)

@@ -19,6 +19,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from custom_pipelines.gan.layers import check_int
+
 GENERATOR_NORMS = ("instance", "batch")
 
 
@@ -29,11 +31,6 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     else:
         raise ValueError(f"norm must be one of {GENERATOR_NORMS}, got {kind!r}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class ResnetBlock(nn.Module):
@@ -88,7 +85,7 @@ class CycleGANGenerator(ModelMixin, ConfigMixin):
             ("num_downsamplings", num_downsamplings, 0),
             ("num_residual_blocks", num_residual_blocks, 0),
         ):
-            _check_int(name, value, minimum)
+            check_int(name, value, minimum)
         if norm not in GENERATOR_NORMS:
             raise ValueError(f"norm must be one of {GENERATOR_NORMS}, got {norm!r}")
         bias = norm == "instance"
@@ -160,7 +157,7 @@ class ImagePool:
     """
 
     def __init__(self, pool_size: int = 50, return_past_probability: float = 0.5, generator=None):
-        _check_int("pool_size", pool_size, 0)
+        check_int("pool_size", pool_size, 0)
         if not 0.0 <= return_past_probability <= 1.0:
             raise ValueError(f"return_past_probability must be in [0, 1], got {return_past_probability}")
         self.pool_size, self.return_past_probability, self.generator = pool_size, return_past_probability, generator

@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from custom_pipelines.gan.layers import LEAKY_RELU_SLOPE, check_resolution
+from custom_pipelines.gan.layers import LEAKY_RELU_SLOPE, check_int, check_resolution
 
 
 def _generator_norm(norm: str, channels: int) -> nn.Module:
@@ -58,6 +58,9 @@ class DCGANGenerator(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         num_up = check_resolution(resolution, minimum=8) - 2
+        for name, value in (("img_channels", img_channels), ("z_dim", z_dim), ("base_channels", base_channels)):
+            check_int(name, value)
+        _generator_norm(norm, 1)  # refuse a bad norm even when no hidden layer uses it
         channels = base_channels * 2 ** (num_up - 1)
         layers = [nn.ConvTranspose2d(z_dim, channels, 4, 1, 0, bias=False), _generator_norm(norm, channels), nn.ReLU()]
         for _ in range(num_up - 1):
@@ -96,6 +99,9 @@ class DCGANCritic(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         num_down = check_resolution(resolution, minimum=8) - 2
+        for name, value in (("img_channels", img_channels), ("base_channels", base_channels)):
+            check_int(name, value)
+        _critic_norm(norm, 1)  # refuse a bad norm even at 8×8, where no hidden layer uses it
         channels = base_channels
         layers = [nn.Conv2d(img_channels, channels, 4, 2, 1), nn.LeakyReLU(LEAKY_RELU_SLOPE)]
         for _ in range(num_down - 1):

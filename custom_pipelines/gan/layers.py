@@ -31,16 +31,26 @@ def check_resolution(resolution: int, name: str = "resolution", minimum: int = 4
     return int(math.log2(resolution))
 
 
+def check_int(name: str, value, minimum: int = 1) -> None:
+    """ValueError unless `value` is an int (not a bool) >= `minimum`: model sizes from configs and users."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
     """Feature maps at one resolution: min(channel_base // resolution, channel_max), as in NVlabs' StyleGAN2."""
     channels = min(channel_base // resolution, channel_max)
     if channels < 1:
-        raise ValueError(f"channel_base={channel_base} gives no channels at resolution {resolution}")
+        raise ValueError(
+            f"channel_base={channel_base} and channel_max={channel_max} give no channels at resolution {resolution}"
+        )
     return channels
 
 
 def channel_ladder(resolution: int, channel_base: int, channel_max: int) -> list[int]:
     """Feature maps at 4×4, 8×8, ..., resolution×resolution: entry s is `channels_at(4 · 2^s, ...)`."""
+    check_int("channel_base", channel_base)
+    check_int("channel_max", channel_max)
     return [channels_at(4 * 2**s, channel_base, channel_max) for s in range(check_resolution(resolution) - 1)]
 
 
@@ -87,6 +97,8 @@ class EqualLinear(nn.Module):
         super().__init__()
         if activation not in ("linear", "lrelu"):
             raise ValueError(f"activation must be 'linear' or 'lrelu', got {activation!r}")
+        if not lr_multiplier > 0:  # it divides the stored weights
+            raise ValueError(f"lr_multiplier must be > 0, got {lr_multiplier}")
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
         self.bias = nn.Parameter(torch.full((out_features,), bias_init / lr_multiplier)) if bias else None
         self.weight_gain = he_constant(in_features, gain) * lr_multiplier
@@ -288,6 +300,8 @@ class DiscriminatorEpilogue(nn.Module):
 
     def __init__(self, channels: int, mbstd_group_size: int = 4, mbstd_num_channels: int = 1):
         super().__init__()
+        check_int("mbstd_group_size", mbstd_group_size)
+        check_int("mbstd_num_channels", mbstd_num_channels, 0)  # 0 disables minibatch std
         self.mbstd = MinibatchStd(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
         self.conv = EqualConv2d(channels + max(mbstd_num_channels, 0), channels, 3)
         self.fc = EqualLinear(channels * 16, channels, activation="lrelu")

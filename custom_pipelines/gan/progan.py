@@ -24,6 +24,7 @@ from custom_pipelines.gan.layers import (
     FromRGB,
     ToRGB,
     channel_ladder,
+    check_int,
     check_resolution,
     downsample_avg,
     leaky_relu,
@@ -49,8 +50,8 @@ class ProgressiveGrowing:
 
     @stage.setter
     def stage(self, stage: int) -> None:
-        if not isinstance(stage, int) or not 0 <= stage <= self.max_stage:
-            raise ValueError(f"stage must be an int in [0, {self.max_stage}], got {stage}")
+        if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= self.max_stage:
+            raise ValueError(f"stage must be an int in [0, {self.max_stage}], got {stage!r}")
         self._stage = stage
 
     @property
@@ -71,8 +72,8 @@ class ProgressiveGrowing:
 
     @fade_in_alpha.setter
     def fade_in_alpha(self, alpha: float) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"fade_in_alpha must be in [0, 1], got {alpha}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"fade_in_alpha must be a number in [0, 1], got {alpha!r}")
         self._fade_in_alpha = float(alpha)
 
 
@@ -114,6 +115,8 @@ class ProGANGenerator(ModelMixin, ConfigMixin, ProgressiveGrowing):
     ):
         super().__init__()
         ch = self._init_growth(resolution, channel_base, channel_max)
+        check_int("img_channels", img_channels)
+        check_int("z_dim", z_dim)
         # the 4×4 "conv" on a 1×1 input is a dense layer; ProGAN gives it gain sqrt(2)/4 (16 outputs per input)
         self.input_dense = EqualLinear(z_dim, ch[0] * 16, gain=SQRT2 / 4, activation="lrelu")
         self.input_conv = EqualConv2d(ch[0], ch[0], 3)
@@ -159,6 +162,7 @@ class ProGANDiscriminator(ModelMixin, ConfigMixin, ProgressiveGrowing):
     ):
         super().__init__()
         ch = self._init_growth(resolution, channel_base, channel_max)
+        check_int("img_channels", img_channels)
         self.from_rgb = nn.ModuleList(FromRGB(img_channels, c) for c in ch)
         # blocks[s - 1] takes stage s (resolution 4·2^s) down to stage s − 1
         self.blocks = nn.ModuleList(DiscriminatorBlock(ch[s], ch[s - 1]) for s in range(1, self.max_stage + 1))

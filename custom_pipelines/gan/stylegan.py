@@ -25,6 +25,7 @@ from custom_pipelines.gan.layers import (
     NoiseMode,
     ToRGB,
     channel_ladder,
+    check_int,
     check_resolution,
     leaky_relu,
     pixel_norm,
@@ -70,8 +71,9 @@ class MappingNetwork(nn.Module):
 
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, n_layers: int, lr_multiplier: float):
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_mapping_layers must be >= 1, got {n_layers}")
+        check_int("n_mapping_layers", n_layers)
+        if not lr_multiplier > 0:
+            raise ValueError(f"mapping_lr_multiplier must be > 0, got {lr_multiplier}")
         dims = [z_dim] + [w_dim] * n_layers
         self.layers = nn.Sequential(
             *(
@@ -143,6 +145,7 @@ class SynthesisNetwork(nn.Module):
     def __init__(self, resolution: int, img_channels: int, w_dim: int, channel_base: int, channel_max: int):
         super().__init__()
         ch = channel_ladder(resolution, channel_base, channel_max)
+        check_int("img_channels", img_channels)
         self.const = nn.Parameter(torch.ones(1, ch[0], 4, 4))
         layers = [StyleLayer(ch[0], w_dim, 4), StyledConv(ch[0], ch[0], w_dim, 4)]
         for s in range(1, len(ch)):
@@ -188,6 +191,8 @@ class StyleGANGenerator(ModelMixin, ConfigMixin):
         channel_max: int = 512,
     ):
         super().__init__()
+        check_int("z_dim", z_dim)
+        check_int("w_dim", w_dim)
         self.synthesis = SynthesisNetwork(resolution, img_channels, w_dim, channel_base, channel_max)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, n_mapping_layers, mapping_lr_multiplier)
@@ -260,6 +265,7 @@ class StyleGANDiscriminator(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         ch = channel_ladder(resolution, channel_base, channel_max)
+        check_int("img_channels", img_channels)
         self.from_rgb = FromRGB(img_channels, ch[-1])
         self.blocks = nn.ModuleList(DiscriminatorBlock(ch[s], ch[s - 1], residual) for s in range(len(ch) - 1, 0, -1))
         self.epilogue = DiscriminatorEpilogue(ch[0], mbstd_group_size, mbstd_num_channels)

@@ -73,10 +73,9 @@ class ClassConcatUNet2DModel(ModelMixin, ConfigMixin):
         num_train_timesteps: int | None = None,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if class_embed_dim < 1:
-            raise ValueError(f"class_embed_dim must be >= 1, got {class_embed_dim}")
+        for name, value in (("num_classes", num_classes), ("class_embed_dim", class_embed_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.class_embedding = nn.Embedding(num_classes + 1, class_embed_dim)
         unet_kwargs = {name: self.config[name] for name in _UNET_KEYS}
         self.unet = UNet2DModel(**{**unet_kwargs, "in_channels": in_channels + class_embed_dim})

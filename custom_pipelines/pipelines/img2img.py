@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 
-from .utils import run_step_callback
+from .utils import check_positive_int, run_step_callback
 
 # diffusers' VaeImageProcessor passes a tensor with `vae_latent_channels` channels through untouched (as latents);
 # our inputs are always images, so no channel count may mean "latents".
@@ -49,6 +49,7 @@ def num_strength_steps(num_inference_steps: int, strength: float) -> int:
 
 def check_strength_steps(strength: float, num_inference_steps: int) -> None:
     """A strength > 0 must leave at least one step (strength 0 deliberately runs none and returns the input)."""
+    check_positive_int("num_inference_steps", num_inference_steps)
     if strength > 0 and num_strength_steps(num_inference_steps, strength) < 1:
         raise ValueError(
             f"strength={strength} with num_inference_steps={num_inference_steps} leaves int(steps × strength) = 0 "
@@ -84,6 +85,11 @@ def _check_value_range(name: str, value) -> None:
     arrays = value if isinstance(value, (list, tuple)) else [value]
     for array in arrays:
         if isinstance(array, (np.ndarray, torch.Tensor)):
+            if array.size == 0 if isinstance(array, np.ndarray) else array.numel() == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(array.shape)})")
+            values = torch.as_tensor(array)
+            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                raise ValueError(f"{name} must hold finite values in [0, 1], got NaN/inf")
             low, high = float(array.min()), float(array.max())
             if low < 0.0 or high > 1.0:
                 raise ValueError(f"{name} values must be in [0, 1], got min {low:g} and max {high:g}")

@@ -14,7 +14,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from custom_pipelines.gan.cyclegan import CycleGANGenerator
 from custom_pipelines.hub.mixin import HubPipelineMixin
 
-from .utils import check_output_type, postprocess_images
+from .utils import check_image_values, check_output_type, postprocess_images
 
 DIRECTIONS = ("a_to_b", "b_to_a")
 CYCLEGAN_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -53,6 +53,7 @@ class CycleGANPipeline(HubPipelineMixin, DiffusionPipeline):
                 "image must be a PIL image, a numpy array, a torch tensor (values in [0, 1]) or a non-empty list of "
                 f"them, got {type(image).__name__}"
             )
+        check_image_values("image", image)
 
     def preprocess(self, image: ImageInput, channels: int) -> torch.Tensor:
         """PIL / numpy [H, W(, C)] or [B, H, W, C] / torch [C, H, W] or [B, C, H, W] in [0, 1] → [B, C, H, W] in

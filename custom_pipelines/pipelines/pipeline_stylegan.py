@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import PIL.Image
@@ -66,19 +66,26 @@ class StyleGANPipeline(HubPipelineMixin, DiffusionPipeline):
         if latents is not None and w is not None:
             raise ValueError("pass either latents (z) or w, not both")
         check_latents(latents, (batch_size, config.z_dim))
-        if w is not None and tuple(w.shape) not in ((batch_size, config.w_dim), (batch_size, num_ws, config.w_dim)):
-            raise ValueError(
-                f"w must have shape {(batch_size, config.w_dim)} or {(batch_size, num_ws, config.w_dim)}, "
-                f"got {tuple(w.shape)}"
-            )
+        if w is not None:
+            shapes = ((batch_size, config.w_dim), (batch_size, num_ws, config.w_dim))
+            if not isinstance(w, torch.Tensor):
+                raise TypeError(
+                    f"w must be a torch.Tensor of shape {shapes[0]} or {shapes[1]}, got {type(w).__name__}"
+                )
+            if tuple(w.shape) not in shapes:
+                raise ValueError(f"w must have shape {shapes[0]} or {shapes[1]}, got {tuple(w.shape)}")
+            check_latents(w, tuple(w.shape), name="w")  # floating point and finite
 
     def _check_style_args(self, truncation_psi: float, truncation_cutoff: int | None, noise_mode: str) -> None:
         low, high = PSI_RANGE
-        if not isinstance(truncation_psi, (int, float)) or not low <= truncation_psi <= high:
-            raise ValueError(f"truncation_psi must be a number in [{low}, {high}], got {truncation_psi}")
+        psi = truncation_psi
+        if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not low <= psi <= high:
+            raise ValueError(f"truncation_psi must be a number in [{low}, {high}], got {truncation_psi!r}")
         num_ws = self.stylegan.num_ws
         cutoff = truncation_cutoff
-        if cutoff is not None and (not isinstance(cutoff, int) or not 0 <= cutoff <= num_ws):
+        if cutoff is not None and (
+            isinstance(cutoff, bool) or not isinstance(cutoff, int) or not 0 <= cutoff <= num_ws
+        ):
             raise ValueError(f"truncation_cutoff must be None or an int in [0, {num_ws}], got {truncation_cutoff}")
         if noise_mode not in ("random", "const", "none"):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
@@ -156,9 +163,9 @@ class StyleGANPipeline(HubPipelineMixin, DiffusionPipeline):
 
     def _layers_from_b(self, crossover: StyleBand | int) -> list[int]:
         num_ws = self.stylegan.num_ws
-        if isinstance(crossover, str):
+        if isinstance(crossover, str) and crossover in get_args(StyleBand):
             return list(style_band_layers(self.stylegan.config.resolution, crossover))
-        elif isinstance(crossover, int) and 0 <= crossover <= num_ws:
+        elif isinstance(crossover, int) and not isinstance(crossover, bool) and 0 <= crossover <= num_ws:
             return list(range(crossover, num_ws))
         else:
             raise ValueError(
@@ -192,7 +199,11 @@ class StyleGANPipeline(HubPipelineMixin, DiffusionPipeline):
             return_dict (`bool`, defaults to True): return a [`StyleMixOutput`] instead of a tuple (grid, images).
         """
         for name, seeds in (("seeds_a", seeds_a), ("seeds_b", seeds_b)):
-            if len(seeds) == 0 or not all(isinstance(s, (int, np.integer)) for s in seeds):
+            if (
+                not isinstance(seeds, (list, tuple))
+                or len(seeds) == 0
+                or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds)
+            ):
                 raise ValueError(f"{name} must be a non-empty list of int seeds, got {seeds!r}")
         check_common_inputs(1, generator, output_type)
         self._check_style_args(truncation_psi, truncation_cutoff, noise_mode)
@@ -239,12 +250,17 @@ class StyleGANPipeline(HubPipelineMixin, DiffusionPipeline):
             truncation_psi, truncation_cutoff, noise_mode, output_type, return_dict: as in `__call__`.
             generator (`torch.Generator`, *optional*): draws the noise maps when noise_mode="random".
         """
-        if not isinstance(steps, int) or steps < 2:
-            raise ValueError(f"steps must be an int >= 2, got {steps}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+            raise ValueError(f"steps must be an int >= 2, got {steps!r}")
         z_dim = self.stylegan.config.z_dim
         for name, z in (("z0", z0), ("z1", z1)):
+            if not isinstance(z, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor of shape ({z_dim},) or (1, {z_dim}), got {type(z).__name__}"
+                )
             if z.numel() != z_dim or z.ndim > 2:
                 raise ValueError(f"{name} must have shape ({z_dim},) or (1, {z_dim}), got {tuple(z.shape)}")
+            check_latents(z, tuple(z.shape), name=name)
         check_common_inputs(steps, generator, output_type)
         self._check_style_args(truncation_psi, truncation_cutoff, noise_mode)
         model = self.stylegan

@@ -19,7 +19,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from custom_pipelines.gan.srgan import SRResNetGenerator
 from custom_pipelines.hub.mixin import HubPipelineMixin
 
-from .utils import check_output_type, postprocess_images
+from .utils import check_image_values, check_output_type, postprocess_images
 
 OutputType = Literal["pil", "np", "pt"]
 SR_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -35,21 +35,6 @@ def tile_spans(size: int, tile_size: int, overlap: int) -> list[tuple[int, int, 
         stop = min(start + core, size)
         spans.append((max(0, start - overlap), min(size, stop + overlap), start, stop))
     return spans
-
-
-def _check_value_range(image) -> None:
-    arrays = image if isinstance(image, list) else [image]
-    for item in arrays:
-        if isinstance(item, np.ndarray) and item.dtype == np.uint8:
-            continue
-        count = item.size if isinstance(item, np.ndarray) else item.numel() if isinstance(item, torch.Tensor) else 0
-        if count:
-            low, high = float(item.min()), float(item.max())
-            if low < 0.0 or high > 1.0:
-                raise ValueError(
-                    f"image as a numpy array or torch tensor must hold floats in [0, 1] (or uint8 numpy), got values "
-                    f"in [{low:.3g}, {high:.3g}]"
-                )
 
 
 def _uint8_to_float(image):
@@ -88,7 +73,7 @@ class SuperResolutionPipeline(HubPipelineMixin, DiffusionPipeline):
             raise TypeError("image: a list must hold items of one kind (all PIL, all numpy or all torch)")
         if isinstance(items[0], PIL.Image.Image) and len({item.size for item in items}) > 1:
             raise ValueError(f"image: the images of a batch must have one size, got {sorted({i.size for i in items})}")
-        _check_value_range(image)
+        check_image_values("image", image)
         check_output_type(output_type, SR_OUTPUT_TYPES)
         if tile_overlap is not None and (not isinstance(tile_overlap, int) or tile_overlap < 0):
             raise ValueError(f"tile_overlap must be an integer >= 0 or None, got {tile_overlap!r}")

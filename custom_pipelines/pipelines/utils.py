@@ -57,6 +57,28 @@ def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...], name: st
         raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(latents)).sum())} NaN/inf values")
 
 
+def check_image_values(name: str, image) -> None:
+    """numpy / torch images (or a list of them) must hold finite values in [0, 1]; PIL images and uint8 arrays pass
+    as they are. diffusers' image processor only warns, and NaN passes a plain min/max comparison."""
+    for item in image if isinstance(image, (list, tuple)) else [image]:
+        if not isinstance(item, (np.ndarray, torch.Tensor)) or (
+            isinstance(item, np.ndarray) and item.dtype == np.uint8
+        ):
+            continue
+        values = torch.as_tensor(item).detach()
+        if values.numel() == 0:
+            continue
+        finite = torch.isfinite(values) if values.is_floating_point() else torch.ones_like(values, dtype=torch.bool)
+        if not bool(finite.all()):
+            raise ValueError(f"{name} must hold finite values in [0, 1], got {int((~finite).sum())} NaN/inf values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{name} as a numpy array or torch tensor must hold floats in [0, 1] (or uint8 numpy), got values "
+                f"in [{low:.3g}, {high:.3g}]"
+            )
+
+
 def check_eta(eta) -> None:
     """DDIM's η (Song et al. 2021 eq. 16): 0 is deterministic DDIM, 1 the DDPM posterior's variance."""
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:

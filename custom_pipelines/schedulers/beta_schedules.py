@@ -60,6 +60,11 @@ def sigmoid_beta_schedule(
     return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
+def check_num_train_timesteps(num_train_timesteps) -> None:
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+
+
 def make_beta_schedule(
     beta_schedule: BetaSchedule,
     num_train_timesteps: int,
@@ -77,8 +82,7 @@ def make_beta_schedule(
             0 < beta_start <= beta_end < 1.
         dtype (`torch.dtype`): float64 (default) or float32 (bit-identical to diffusers' float32 betas).
     """
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+    check_num_train_timesteps(num_train_timesteps)
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
     if beta_schedule in ("squaredcos_cap_v2", "cosine"):
@@ -131,6 +135,7 @@ def betas_from_config(
     """
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+    check_num_train_timesteps(num_train_timesteps)  # also with trained_betas
     with torch.device("cpu"):
         return _betas_from_config(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
@@ -154,9 +159,12 @@ def _betas_from_config(
         betas = make_beta_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end, dtype=torch.float32)
     # β = 1 (ᾱ = 0 from there on) is allowed as in diffusers: zero-terminal-SNR schedules end with it
     if not bool(((betas > 0) & (betas <= 1)).all()):
+        source = (
+            "trained_betas" if trained_betas is not None else f"the {beta_schedule!r} schedule of beta_start/beta_end"
+        )
         raise ValueError(
-            f"every beta must lie in (0, 1]; got min {betas.min().item()} and max {betas.max().item()} (β <= 0 "
-            "stops noising, β_0 = 0 makes the step to x_0 divide 0 by 0; β > 1 makes ᾱ negative)"
+            f"{source}: every beta must lie in (0, 1]; got min {betas.min().item()} and max {betas.max().item()} "
+            "(β <= 0 stops noising, β_0 = 0 makes the step to x_0 divide 0 by 0; β > 1 makes ᾱ negative)"
         )
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)

@@ -67,8 +67,8 @@ def check_x0_options(
 
 def check_spacing_options(timestep_spacing: str, steps_offset: int) -> None:
     check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-    if steps_offset < 0:
-        raise ValueError(f"steps_offset must be >= 0, got {steps_offset}")
+    if isinstance(steps_offset, bool) or not isinstance(steps_offset, (int, np.integer)) or steps_offset < 0:
+        raise ValueError(f"steps_offset must be an integer >= 0, got {steps_offset!r}")
 
 
 def check_num_inference_steps(num_inference_steps, num_train_timesteps: int) -> None:

@@ -1,5 +1,7 @@
 """DDIM (Song et al. 2021) with the η knob between deterministic DDIM (η = 0) and DDPM (η = 1)."""
 
+import numbers
+
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -128,10 +130,10 @@ class DDIMEtaScheduler(NoiseScheduleMixin, SpacedTimestepsMixin, SchedulerMixin,
         """
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
-        if not 0.0 <= eta <= 1.0:
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
             # diffusers takes any η, but for η > 1 the direction √(1 − ᾱ_{t'} − σ_t²) turns NaN (from t = 100 of
             # 10 steps at η = 1.01), and η < 0 adds no noise yet still shrinks that direction: refused instead
-            raise ValueError(f"eta must be in [0, 1] (σ_t(η) of Song et al. 2021, eq. 16), got {eta}")
+            raise ValueError(f"eta must be in [0, 1] (σ_t(η) of Song et al. 2021, eq. 16), got {eta!r}")
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise to step, not both")
         if model_output.shape != sample.shape:

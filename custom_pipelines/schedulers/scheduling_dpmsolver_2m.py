@@ -161,6 +161,8 @@ class DPMSolver2MScheduler(NoiseScheduleMixin, SchedulerMixin, ConfigMixin):
         check_choice("final_sigmas_type", config.final_sigmas_type, FINAL_SIGMAS_TYPES)
         check_choice("variance_type", config.variance_type, (None,) + VARIANCE_TYPES)
         check_spacing_options(config.timestep_spacing, config.steps_offset)
+        if math.isnan(config.lambda_min_clipped):
+            raise ValueError("lambda_min_clipped must be a number (−inf turns the clipping off), got nan")
 
     def _reset_solver_state(self) -> None:
         self._step_index = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from custom_pipelines.options import ATTENTION_BACKENDS, MIXED_PRECISION_CHOICES
 
@@ -141,14 +142,25 @@ def validate_common_args(args: argparse.Namespace) -> None:
     if args.learning_rate is None:
         factor = FINETUNE_LR_FACTOR if args.pretrained_model_name_or_path else 1.0
         args.learning_rate = args.default_learning_rate * factor
-    if not args.learning_rate > 0:
-        raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if not 0 < args.learning_rate < math.inf:
+        raise ValueError(f"--learning_rate must be > 0 and finite, got {args.learning_rate}")
     if args.lr_warmup_steps < 0:
         raise ValueError(f"--lr_warmup_steps must be >= 0, got {args.lr_warmup_steps}")
-    if args.max_grad_norm < 0:
-        raise ValueError(f"--max_grad_norm must be >= 0 (0 disables clipping), got {args.max_grad_norm}")
+    if not 0 <= args.max_grad_norm < math.inf:  # NaN fails too
+        raise ValueError(f"--max_grad_norm must be >= 0 (0 disables clipping) and finite, got {args.max_grad_norm}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ValueError(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+    if not 0 < args.adam_epsilon < math.inf:
+        raise ValueError(f"--adam_epsilon must be > 0 and finite, got {args.adam_epsilon}")
+    if not 0 <= args.adam_weight_decay < math.inf:
+        raise ValueError(f"--adam_weight_decay must be >= 0 and finite, got {args.adam_weight_decay}")
     if not 0.0 <= args.ema_max_decay < 1.0:
         raise ValueError(f"--ema_max_decay must be in [0, 1), got {args.ema_max_decay}")
+    for name in ("ema_inv_gamma", "ema_power"):  # EMA decay 1 − (1 + step/γ)^−power: both must be > 0
+        if not 0 < getattr(args, name) < math.inf:
+            raise ValueError(f"--{name} must be > 0 and finite, got {getattr(args, name)}")
+    _positive(args, "ddp_timeout")
     if args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
     if args.eval_fid_every < 0:

@@ -99,8 +99,9 @@ def test_folder_reference_equals_builtin_digits(classifier, tmp_path):
         Image.fromarray(array).save(tmp_path / f"{i:03d}.png")
     extractor = DigitsFeatureExtractor(classifier)
     from_folder = reference_features(tmp_path, extractor, num_samples=20, batch_size=7)
-    # 8-bit PNGs of quantised images reload exactly, so the features are bit-identical.
-    assert torch.equal(from_folder, extractor(images))
+    # 8-bit PNGs of quantised images reload exactly (next line); the features agree up to float rounding, which
+    # depends on the batch size (7 here, 20 below) on CPUs whose conv kernels block by batch (oneDNN, AVX-512)
+    torch.testing.assert_close(from_folder, extractor(images), rtol=0, atol=1e-5)
     assert torch.equal(quantize_uint8(images), images)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "999.png")
     with pytest.raises(ValueError, match="different sizes"):
