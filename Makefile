@@ -69,7 +69,7 @@ demo-gan: $(STAMP)
 
 # Super-resolution ×4 on the photos inside scikit-image: SRResNet (L1) pre-training, then the SRGAN stage
 # (content L1 + SSIM, 1e-3 × adversarial) from it; then PSNR/SSIM on the held-out photos (chelsea, flower) against
-# bicubic and side-by-side crops. ≈ 6 min on 2 cores.
+# bicubic and side-by-side crops. 2 min 39 s idle on the AVX-512-bf16 kind, ≈ 6 min on AVX2.
 SR_RUN ?= runs/demo-sr
 demo-sr: $(STAMP)
 	$(LAUNCH) training/train_srgan.py --stage srresnet --model_config srresnet-photos-x4 \
@@ -83,7 +83,7 @@ demo-sr: $(STAMP)
 	@echo "quality:   $(SR_RUN)/quality/ (PSNR/SSIM table vs bicubic, side-by-side crops PNG)"
 
 # CycleGAN on the digits-thick stand-in pair (thin ↔ thick strokes) at 16×16, then the domain-classifier rates,
-# cycle and identity errors on held-out images and a before/after grid. ≈ 3 min on 2 cores.
+# cycle and identity errors on held-out images and a before/after grid. 1 min 19 s idle (AVX-512-bf16 kind).
 CYCLEGAN_RUN ?= runs/demo-cyclegan
 demo-cyclegan: $(STAMP)
 	$(LAUNCH) training/train_cyclegan.py --model_config cyclegan-digits-thick-16 --dataset_name digits-thick \
@@ -102,7 +102,7 @@ demo-vae: $(STAMP)
 	$(BIN)/python benchmarks/vae_quality.py --runs $(VAE_RUN) --output_dir $(VAE_RUN)/quality
 	@echo "autoencoder: $(VAE_RUN)/ (AutoencoderKL.from_pretrained), reconstructions: $(VAE_RUN)/reconstructions.png"
 
-# Latent diffusion at 32×32 on digits (≈ 10 min on 2 cores): the f=4 AutoencoderKL of demo-vae (4×8×8 latents), then
+# Latent diffusion at 32×32 on digits (8 min 29 s idle on the AVX-512-bf16 kind): the f=4 AutoencoderKL of demo-vae (4×8×8 latents), then
 # a text-conditional latent UNet on label captions ("a handwritten digit seven") with the default text encoder
 # all-MiniLM-L6-v2, latents cached once. One OpenMP thread: two threads spin on a shared 2-core machine
 # (docs/latent_diffusion.md, "Threads"). The prompted grid is the trainer's last validation grid.
