@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 
-from .utils import check_positive_int, run_step_callback
+from .utils import check_image_values, check_positive_int, run_step_callback, uint8_to_float
 
 # diffusers' VaeImageProcessor passes a tensor with `vae_latent_channels` channels through untouched (as latents);
 # our inputs are always images, so no channel count may mean "latents".
@@ -80,21 +80,6 @@ MASK_PROCESSOR = VaeImageProcessor(
 )
 
 
-def _check_value_range(name: str, value) -> None:
-    """numpy / torch inputs must hold values in [0, 1] (diffusers only warns, and guesses [−1, 1] if min < 0)."""
-    arrays = value if isinstance(value, (list, tuple)) else [value]
-    for array in arrays:
-        if isinstance(array, (np.ndarray, torch.Tensor)):
-            if array.size == 0 if isinstance(array, np.ndarray) else array.numel() == 0:
-                raise ValueError(f"{name} is empty (shape {tuple(array.shape)})")
-            values = torch.as_tensor(array)
-            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
-                raise ValueError(f"{name} must hold finite values in [0, 1], got NaN/inf")
-            low, high = float(array.min()), float(array.max())
-            if low < 0.0 or high > 1.0:
-                raise ValueError(f"{name} values must be in [0, 1], got min {low:g} and max {high:g}")
-
-
 def _preprocess(processor: VaeImageProcessor, name: str, value, height: int | None, width: int | None):
     if value is None:
         raise ValueError(f"{name} must be a PIL image, a numpy array or a torch tensor (or a list of them), got None")
@@ -105,9 +90,14 @@ def _preprocess(processor: VaeImageProcessor, name: str, value, height: int | No
         raise ValueError(
             f"{name} must be a PIL image, a numpy array or a torch tensor (or a list of them), got {kinds}"
         )
-    _check_value_range(name, value)
+    for item in items:
+        if not isinstance(item, PIL.Image.Image) and 0 in item.shape:
+            raise ValueError(f"{name} is empty (shape {tuple(item.shape)})")
+    check_image_values(name, value)  # finite, in [0, 1] (uint8 numpy as it is)
     try:
-        return processor.preprocess(list(value) if isinstance(value, tuple) else value, height=height, width=width)
+        return processor.preprocess(
+            uint8_to_float(list(value) if isinstance(value, tuple) else value), height=height, width=width
+        )
     except (ValueError, RuntimeError, TypeError) as err:  # e.g. mixed sizes in a list
         raise ValueError(f"{name} could not be read as images: {err}") from err
 

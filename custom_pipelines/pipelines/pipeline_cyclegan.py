@@ -14,7 +14,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from custom_pipelines.gan.cyclegan import CycleGANGenerator
 from custom_pipelines.hub.mixin import HubPipelineMixin
 
-from .utils import check_image_values, check_output_type, postprocess_images
+from .utils import check_image_values, check_output_type, postprocess_images, uint8_to_float
 
 DIRECTIONS = ("a_to_b", "b_to_a")
 CYCLEGAN_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -71,7 +71,7 @@ class CycleGANPipeline(HubPipelineMixin, DiffusionPipeline):
         if len(sizes) > 1:
             raise ValueError(f"image: every image of a list must have the same size, got sizes {sorted(sizes)}")
         # standard strides: a permuted numpy array reads as channels-last to oneDNN (other kernel, other rounding)
-        pixels = processor.preprocess(image).clone(memory_format=torch.contiguous_format)
+        pixels = processor.preprocess(uint8_to_float(image)).clone(memory_format=torch.contiguous_format)
         if pixels.ndim != 4 or pixels.shape[1] != channels:
             raise ValueError(
                 f"image must have {channels} channel(s) for this generator, got a batch of shape {tuple(pixels.shape)}"

@@ -19,7 +19,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from custom_pipelines.gan.srgan import SRResNetGenerator
 from custom_pipelines.hub.mixin import HubPipelineMixin
 
-from .utils import check_image_values, check_output_type, postprocess_images
+from .utils import check_image_values, check_output_type, postprocess_images, uint8_to_float
 
 OutputType = Literal["pil", "np", "pt"]
 SR_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -35,14 +35,6 @@ def tile_spans(size: int, tile_size: int, overlap: int) -> list[tuple[int, int, 
         stop = min(start + core, size)
         spans.append((max(0, start - overlap), min(size, stop + overlap), start, stop))
     return spans
-
-
-def _uint8_to_float(image):
-    if isinstance(image, list):
-        return [_uint8_to_float(item) for item in image]
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    return image
 
 
 class SuperResolutionPipeline(HubPipelineMixin, DiffusionPipeline):
@@ -98,7 +90,7 @@ class SuperResolutionPipeline(HubPipelineMixin, DiffusionPipeline):
         )
         if isinstance(image, torch.Tensor) and image.ndim == 3 and channels != 1:
             image = image.unsqueeze(0)
-        pixels = processor.preprocess(_uint8_to_float(image))
+        pixels = processor.preprocess(uint8_to_float(image))
         if pixels.ndim != 4 or pixels.shape[1] != channels:
             raise ValueError(f"image must have {channels} channels, got a batch of shape {tuple(pixels.shape)}")
         return pixels

@@ -57,9 +57,20 @@ def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...], name: st
         raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(latents)).sum())} NaN/inf values")
 
 
+def uint8_to_float(image):
+    """uint8 numpy images (or a list of them) → float32 in [0, 1]; anything else as it is. diffusers'
+    `VaeImageProcessor` takes numpy values as they are, so 0–255 would pass for [0, 1] values."""
+    if isinstance(image, (list, tuple)):
+        return [uint8_to_float(item) for item in image]
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return image
+
+
 def check_image_values(name: str, image) -> None:
     """numpy / torch images (or a list of them) must hold finite values in [0, 1]; PIL images and uint8 arrays pass
-    as they are. diffusers' image processor only warns, and NaN passes a plain min/max comparison."""
+    (convert those with `uint8_to_float` before the image processor). diffusers' image processor only warns, and NaN
+    passes a plain min/max comparison."""
     for item in image if isinstance(image, (list, tuple)) else [image]:
         if not isinstance(item, (np.ndarray, torch.Tensor)) or (
             isinstance(item, np.ndarray) and item.dtype == np.uint8

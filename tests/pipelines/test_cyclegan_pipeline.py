@@ -114,3 +114,11 @@ def test_save_and_from_pretrained_are_bit_identical(pipe, image01, tmp_path):
 def test_bad_arguments_raise_naming_them(pipe, image01, kwargs, error, message):
     with pytest.raises(error, match=message):
         pipe(**{"image": image01, **kwargs})
+
+
+def test_uint8_numpy_equals_its_float_version(pipe, image01):
+    array = (image01[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    from_uint8 = pipe(array, output_type="pt").images
+    torch.testing.assert_close(from_uint8, pipe(image01, output_type="pt").images, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"must hold floats in \[0, 1\]"):  # 0–255 as floats is not an image
+        pipe(array.astype(np.float32), output_type="pt")

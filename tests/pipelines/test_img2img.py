@@ -147,3 +147,16 @@ def test_save_load_and_cross_class_loading(pipe, tmp_path):
     cfg.save_pretrained(tmp_path / "cfg")
     loaded = DiffusionImg2ImgPipeline.from_pretrained(tmp_path / "cfg")
     assert type(loaded) is DiffusionImg2ImgPipeline and loaded.labels["d3"] == 3 and loaded.is_class_conditional
+
+
+def test_uint8_numpy_images_equal_their_float_version_and_bad_values_are_refused(pipe):
+    array = (IMAGE[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    as_uint8 = run(pipe, image=array, strength=0.5)
+    as_float = run(pipe, image=array.astype(np.float32) / 255, strength=0.5)
+    torch.testing.assert_close(as_uint8, as_float, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match=r"image as a numpy array or torch tensor must hold floats in \[0, 1\]"):
+        run(pipe, image=IMAGE * 2)
+    with pytest.raises(ValueError, match="image must hold finite values"):
+        run(pipe, image=IMAGE * float("nan"))
+    with pytest.raises(ValueError, match=r"image is empty \(shape \(0, 8, 1\)\)"):
+        run(pipe, image=np.zeros((0, 8, 1), np.float32))
