@@ -9,26 +9,16 @@ in the middle of the final save (every component staged, nothing moved into plac
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.training.processes import run_script
+
 DEFAULT_POINTS = ("step:3", "checkpoint:4", "save")
 KILLED = (-9, 137)  # SIGKILL: the signal itself, or a shell's 128 + 9
-
-
-def run_script(script: str, args: list[str], fault: str | None = None, timeout: int = 600):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("CUSTOM_PIPELINES_FAULT", None)
-    if fault:
-        env["CUSTOM_PIPELINES_FAULT"] = fault
-    cmd = [sys.executable, str(REPO / "training" / script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
 def weights(folder: Path, files: list[str]) -> dict[str, torch.Tensor]:

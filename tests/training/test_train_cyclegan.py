@@ -147,18 +147,11 @@ def test_script_reports_errors_without_traceback(config, tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_and_resume(config, tmp_path):
+    from tests.training.processes import launch_two_processes
+
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "training" / "train_cyclegan.py"), *tiny_args(config, out, "--max_train_steps", "3"),
-        "--ddp_timeout", "120",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["world_size"] == 2, "accelerate started one process: the --cpu trap"
+    args = tiny_args(config, out, "--max_train_steps", "3")
+    summary = launch_two_processes("train_cyclegan.py", args)
     for name in ("generators", "discriminators"):
         ranks = summary["param_checksums"][name]
         assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept both ranks' weights identical
@@ -166,11 +159,9 @@ def test_accelerate_launch_two_cpu_processes_and_resume(config, tmp_path):
     images = load_file(out / "checkpoint-3" / "extra_state.safetensors")[pools["b"]["images"]["__tensor__"]]
     assert pools["b"]["counts"] == [6, 6] and not torch.equal(images[0], images[1])  # each rank's own pool
 
-    resume = [*cmd, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]  # the last flag wins
-    result = subprocess.run(resume, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["global_step"] == 6 and summary["world_size"] == 2
+    resume = [*args, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]  # the last flag wins
+    summary = launch_two_processes("train_cyclegan.py", resume)
+    assert summary["global_step"] == 6
     assert summary["param_checksums"]["generators"][0] == summary["param_checksums"]["generators"][1]
     assert [s for s, _ in list_checkpoints(out)] == [3, 6]
     steps = [m["step"] for m in read_metrics(out) if "g_loss" in m]

@@ -185,19 +185,11 @@ def test_script_reports_errors_without_traceback(configs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["stylegan", "progan"])
 def test_accelerate_launch_two_cpu_processes(configs, tmp_path, family):
+    from tests.training.processes import launch_two_processes
+
     out = tmp_path / family
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "training" / "train_gan.py"),
-        *tiny_args(configs, family, out, "--max_train_steps", "4", "--phase_steps", "1", "--n_critic", "2"),
-        "--ddp_timeout", "120",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["world_size"] == 2
+    args = tiny_args(configs, family, out, "--max_train_steps", "4", "--phase_steps", "1", "--n_critic", "2")
+    summary = launch_two_processes("train_gan.py", args)
     for name in ("generator", "discriminator"):
         ranks = summary["param_checksums"][name]
         assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept both ranks' weights identical
@@ -206,11 +198,9 @@ def test_accelerate_launch_two_cpu_processes(configs, tmp_path, family):
     assert rng_files == {"random_states_0.pkl", "random_states_1.pkl"}  # rank 1 wrote before rank 0 renamed
 
     # Resume the two-process run from its latest checkpoint (step 3) and go on to step 6.
-    resume = [*cmd, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]  # the last flag wins
-    result = subprocess.run(resume, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["global_step"] == 6 and summary["world_size"] == 2
+    resume = [*args, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]  # the last flag wins
+    summary = launch_two_processes("train_gan.py", resume)
+    assert summary["global_step"] == 6
     assert [s for s, _ in list_checkpoints(out)] == [3, 6]
     steps = [m["step"] for m in read_metrics(out)]
     assert steps[-1] == 6 and 4 in steps[steps.index(3) + 1 :]  # logged 4.. after the resume, not 1..

@@ -4,8 +4,6 @@ LatentDiffusionPipeline that reloads and samples, resume continues exactly, bad 
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,28 +210,17 @@ def test_bad_inputs_raise_clear_errors(vae_dir, configs, tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_with_resume(vae_dir, configs, tmp_path):
+    from tests.training.processes import launch_two_processes
+
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # fmt: skip
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "training" / "train_ldm.py"),
-        *tiny_args(vae_dir, configs, out, "text", "--max_train_steps", "2", "--validation_steps", "100",
-                   "--cache_latents"),
-        "--ddp_timeout", "120",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["world_size"] == 2
+    args = tiny_args(vae_dir, configs, out, "text", "--max_train_steps", "2", "--validation_steps", "100",
+                     "--cache_latents")  # fmt: skip
+    summary = launch_two_processes("train_ldm.py", args)
     ranks = summary["param_checksums"]["unet"]
     assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept both ranks' weights identical
-    resume = [*cmd, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]  # the last flag wins
-    result = subprocess.run(resume, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["global_step"] == 4 and summary["world_size"] == 2
+    resume = [*args, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]  # the last flag wins
+    summary = launch_two_processes("train_ldm.py", resume)
+    assert summary["global_step"] == 4
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3, 4]
     assert LatentDiffusionPipeline.from_pretrained(out).conditioning_type == "text"

@@ -4,8 +4,6 @@ recipes apply, resume continues exactly, bad flags raise; a two-process `acceler
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,30 +177,20 @@ def test_resolution_must_be_a_multiple_of_the_scale(configs, tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_with_resume(configs, srresnet_run, tmp_path):
+    from tests.training.processes import launch_two_processes
+
     out = tmp_path / "srgan2"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "training" / "train_srgan.py"),
-        *tiny_args(configs, "srgan", out, "--pretrained_model_name_or_path", str(srresnet_run),
-                   "--max_train_steps", "2", "--validation_steps", "100"),
-        "--ddp_timeout", "120",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["world_size"] == 2
+    args = tiny_args(configs, "srgan", out, "--pretrained_model_name_or_path", str(srresnet_run),
+                     "--max_train_steps", "2", "--validation_steps", "100")  # fmt: skip
+    summary = launch_two_processes("train_srgan.py", args)
     for name in ("generator", "discriminator"):
         ranks = summary["param_checksums"][name]
         assert len(ranks) == 2 and ranks[0] == ranks[1]  # DDP kept both ranks' weights identical
     assert [s for s, _ in list_checkpoints(out)] == [2]
 
-    resume = [*cmd, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]  # the last flag wins
-    result = subprocess.run(resume, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["global_step"] == 4 and summary["world_size"] == 2
+    resume = [*args, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]  # the last flag wins
+    summary = launch_two_processes("train_srgan.py", resume)
+    assert summary["global_step"] == 4
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
     steps = [m["step"] for m in read_metrics(out) if "g_loss" in m]
     assert steps == [1, 2, 3, 4]
