@@ -120,6 +120,10 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """`generator`, when given, replaces the transform's own for this image's crop and flip."""
+        return self.maybe_flip(self.resize_and_crop(image, generator), generator)
+
+    def resize_and_crop(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The geometric part: resize the short side, crop (centered, or at a random offset), scale to [-1, 1]."""
         image = image.convert("L" if self.channels == 1 else "RGB")
         w, h = image.size
         scale = self.resolution / min(w, h)
@@ -135,6 +139,10 @@ class ImageTransform:
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         tensor = torch.from_numpy(array).reshape(self.resolution, self.resolution, self.channels).permute(2, 0, 1)
-        if self.random_flip and self._rand(generator) < 0.5:
-            tensor = tensor.flip(-1)
         return tensor.contiguous()
+
+    def maybe_flip(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """With `random_flip`, mirror left-right with probability 1/2 (one draw per image); else `tensor` as is."""
+        if self.random_flip and self._rand(generator) < 0.5:
+            return tensor.flip(-1).contiguous()
+        return tensor
