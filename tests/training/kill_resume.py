@@ -1,5 +1,5 @@
-"""SIGKILL a training script at chosen points, resume it with `--resume_from_checkpoint latest`, and check that it
-ends bit-identical to a run that was never interrupted (custom_pipelines.faults names the points).
+"""SIGKILL a training script at chosen points, resume it with `--resume_from_checkpoint latest` after each, and check
+that it ends bit-identical to a run that was never interrupted (custom_pipelines.faults names the points).
 
 Each family's test file calls `check_kill_points` with its own tiny arguments; the default points are a kill right
 after an optimizer update, one in the middle of writing a checkpoint (the temp folder written, not renamed) and one
@@ -33,7 +33,9 @@ def check_kill_points(
     points: tuple[str, ...] = DEFAULT_POINTS,
     marker: str = "model_index.json",
 ) -> int:
-    """Kill `script` at each point, resume, compare `weight_files` with the straight run; returns kills survived.
+    """Kill `script` at each point in turn, each time resuming the run the kill before left (so every resume starts
+    from what a kill left on disk), finish it, and compare `weight_files` with the straight run; returns the kills
+    survived.
 
     `args_for(output_dir)` gives the script's arguments for 6 optimizer steps with a checkpoint every 2; `marker`
     is the file that makes the output a loadable folder (model_index.json, or config.json for a bare model).
@@ -42,10 +44,11 @@ def check_kill_points(
     result = run_script(script, args_for(straight))
     assert result.returncode == 0, result.stderr[-3000:]
     expected = weights(straight, weight_files)
+    out = root / "killed"
+    resume: list[str] = []  # the first run starts fresh, every later one resumes
     survived = 0
     for point in points:
-        out = root / point.replace(":", "-")
-        killed = run_script(script, args_for(out), fault=point)
+        killed = run_script(script, [*args_for(out), *resume], fault=point)
         assert killed.returncode in KILLED, f"{point}: not killed (rc {killed.returncode}): {killed.stderr[-2000:]}"
         assert "SIGKILL at" in killed.stderr
         names = os.listdir(out)
@@ -54,12 +57,13 @@ def check_kill_points(
             assert f".tmp-checkpoint-{step}" in names and f"checkpoint-{step}" not in names, names
         if point == "save":  # the final save: the whole pipeline or none of it, never a part
             assert marker not in names and any(n.startswith(".tmp-save-") for n in names), names
-        resumed = run_script(script, [*args_for(out), "--resume_from_checkpoint", "latest"])
-        assert resumed.returncode == 0, f"{point}: resume failed: {resumed.stderr[-3000:]}"
-        assert not [n for n in os.listdir(out) if n.startswith(".tmp-")], os.listdir(out)  # no debris left
-        got = weights(out, weight_files)
-        assert got.keys() == expected.keys()
-        different = [k for k in expected if not torch.equal(expected[k], got[k])]
-        assert not different, f"{point}: {len(different)} tensors differ from the straight run, e.g. {different[0]}"
+        resume = ["--resume_from_checkpoint", "latest"]
         survived += 1
+    resumed = run_script(script, [*args_for(out), *resume])
+    assert resumed.returncode == 0, f"resume after {points}: {resumed.stderr[-3000:]}"
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")], os.listdir(out)  # no debris left
+    got = weights(out, weight_files)
+    assert got.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{len(different)} tensors differ from the straight run after {points}, e.g. {different[0]}"
     return survived

@@ -1,12 +1,15 @@
-"""Training scripts as real processes: one plain Python process (`run_script`), or two CPU processes under
-`accelerate launch` (`launch_two_processes`), each with the repo on PYTHONPATH, one OpenMP thread and the Hub off."""
+"""Training scripts as real processes: one Python process (`run_script`, forked from a server that has the libraries
+imported), or two CPU processes under `accelerate launch` (`launch_two_processes`), each with the repo on PYTHONPATH,
+one OpenMP thread and the Hub off."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,13 +22,63 @@ def script_env(**extra: str) -> dict[str, str]:
 
 
 def run_script(script: str, args: list[str], fault: str | None = None, timeout: int = 600):
-    """`python training/<script> args` (with `CUSTOM_PIPELINES_FAULT=fault` when given); the CompletedProcess."""
+    """`python training/<script> args` (with `CUSTOM_PIPELINES_FAULT=fault` when given); the CompletedProcess.
+
+    The process is forked from `script_server` (libraries already imported), unless `CUSTOM_PIPELINES_FORK_SERVER=0`
+    asks for a plain `subprocess.run` of the same command."""
     env = script_env()
     env.pop("CUSTOM_PIPELINES_FAULT", None)
     if fault:
         env["CUSTOM_PIPELINES_FAULT"] = fault
     cmd = [sys.executable, str(REPO / "training" / script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    if os.environ.get("CUSTOM_PIPELINES_FORK_SERVER", "1") == "0":
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder, "stdout"), Path(folder, "stderr")
+        request = {"script": cmd[1], "args": args, "env": env, "cwd": str(REPO), "stdout": str(out),
+                   "stderr": str(err), "timeout": timeout}  # fmt: skip
+        reply = _ScriptServer.get().request(request)
+        stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+    if reply.get("timed_out"):
+        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(cmd, reply["returncode"], stdout, stderr)
+
+
+class _ScriptServer:
+    """One `script_server` process per test process, started on first use, ended when its stdin closes."""
+
+    _instance: _ScriptServer | None = None
+
+    def __init__(self):
+        self.log = tempfile.NamedTemporaryFile(prefix="script-server-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.training.script_server"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO, env=script_env(),
+        )  # fmt: skip
+        self._reply()  # {"ready": true} once the libraries are imported
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls) -> _ScriptServer:
+        if cls._instance is None or cls._instance.process.poll() is not None:
+            cls._instance = cls()
+        return cls._instance
+
+    def request(self, request: dict) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def _reply(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"script_server died: {Path(self.log.name).read_text()[-3000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
 
 
 def launch_two_processes(script: str, args: list[str], timeout: int = 600) -> dict:
