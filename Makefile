@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(BIN)/python -m training.sample --pipeline $(RUN) --num_images 64 --num_inference_steps 50 \
 		--output $(RUN)/samples.png
 	$(BIN)/python -m custom_pipelines.optimize_timesteps --pipeline $(RUN) --num_inference_steps 8 \
-		--num_samples 64 --output $(RUN)/optimized_timesteps.json
+		--num_samples 64 --grid_size 100 --output $(RUN)/optimized_timesteps.json
 	$(BIN)/python -m training.sample --pipeline $(RUN) --num_images 64 --scheduler dpmsolver \
 		--timesteps_file $(RUN)/optimized_timesteps.json --output $(RUN)/samples_8_steps.png
 	@echo "pipeline:    $(RUN)/ (model_index.json, unet/, scheduler/, README.md)"
