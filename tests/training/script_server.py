@@ -1,7 +1,8 @@
 """A fork server for training scripts run as real processes (the kill tests start 5 per family).
 
 Every fresh `python training/<script>.py` spends ≈ 5 s of a 7 s tiny run importing torch, diffusers, accelerate and
-datasets. This server imports them once (with one OpenMP thread, before any parallel region, so forking is safe),
+datasets. This server imports most of them once (with one OpenMP thread, before any parallel region, and checks that
+it still has a single thread, so forking is safe),
 then forks one child per request: the child is a real process with its own pid that runs the script as `__main__`
 with the request's argv and environment, writes to its own stdout/stderr files, and can be SIGKILLed like any
 other. Nothing of one run reaches the next: each child starts from the server's untouched memory.
@@ -22,15 +23,9 @@ import sys
 import time
 import traceback
 
-PRELOAD = (
-    "torch",
-    "torch.utils.tensorboard",
-    "accelerate",
-    "datasets",
-    "diffusers",
-    "sklearn.datasets",
-    "safetensors.torch",
-)
+# Not `datasets` or `sklearn.datasets`: importing either loads pyarrow, which starts its jemalloc background thread,
+# and a fork should come from a process with one thread (`preload` checks that it is so).
+PRELOAD = ("torch", "torch.utils.tensorboard", "accelerate", "diffusers", "safetensors.torch")
 
 
 def preload() -> None:
@@ -44,6 +39,10 @@ def preload() -> None:
     for name in ("UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "DiffusionPipeline", "DDPMScheduler"):
         getattr(diffusers, name)
     from diffusers.training_utils import EMAModel  # noqa: F401
+
+    threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["main"]
+    if len(threads) != 1:
+        raise RuntimeError(f"script_server: {len(threads)} threads after the imports; forking needs one")
 
 
 def run_child(request: dict) -> None:
