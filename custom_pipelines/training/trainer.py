@@ -334,7 +334,7 @@ class Trainer:
         whose norm overflows float32 (elements beyond ~1e19) counts as non-finite too: clipping would zero it."""
         grads = [p.grad for p in self.models[name].parameters() if p.grad is not None]
         # one norm per tensor in a single foreach kernel (a NaN/inf element makes its norm NaN/inf), instead of an
-        # isfinite + all per tensor: ≈ 1 ms instead of 6 for the digits UNet's 182 tensors on a 2-core CPU
+        # isfinite + all per tensor: 0.5 ms instead of 3.6 for the digits UNet's 182 tensors on a 2-core CPU
         finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
         if finite:
             self.nonfinite_in_a_row = 0

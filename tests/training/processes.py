@@ -79,6 +79,8 @@ class _ScriptServer:
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait(timeout=30)
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 def launch_two_processes(script: str, args: list[str], timeout: int = 600) -> dict:
