@@ -50,7 +50,7 @@ def digits_batch(batch_size: int, resolution: int) -> torch.Tensor:
 def stock_train_step(unet, optimizer, scheduler, clean):
     """diffusers' examples/unconditional_image_generation/train_unconditional.py, fp32."""
     noise = torch.randn_like(clean)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],))
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
     loss.backward()
@@ -60,11 +60,12 @@ def stock_train_step(unet, optimizer, scheduler, clean):
 
 
 def our_train_step(unet, optimizer, scheduler, clean, autocast_dtype):
-    """training/train_ddpm.py's step as the trainer core runs it (`--mixed_precision bf16` = CPU autocast)."""
+    """training/train_ddpm.py's step as the trainer core runs it (`--mixed_precision bf16` = autocast on the batch's
+    device)."""
     noise = torch.randn_like(clean)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],))
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+    with torch.autocast(clean.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         model_output = unet(noisy, timesteps).sample
     loss = scheduler.training_losses(model_output.float(), clean, noise, timesteps)["loss"]
     loss.backward()
@@ -73,9 +74,9 @@ def our_train_step(unet, optimizer, scheduler, clean, autocast_dtype):
     optimizer.zero_grad(set_to_none=True)
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device="cpu") -> float:
     """Achieved GFLOP/s of an n×n @ n×n matmul: the machine's practical peak for this dtype."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     return 2 * n**3 / time_it(lambda: a @ b, repeats) / 1e9
 
 
@@ -90,11 +91,20 @@ def unet_forward_gflop(unet, sample: torch.Tensor) -> float:
 
 
 def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitive cache)
+    """Seconds per call of `fn` (after one warm-up call: allocator, oneDNN primitive cache, cuDNN autotuning); on a
+    GPU, the queued kernels are waited for before the clock is read."""
+    fn()
+    _synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    _synchronize()
     return (time.perf_counter() - start) / repeats
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def main(argv=None):
