@@ -144,5 +144,5 @@ class ImageTransform:
     def maybe_flip(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """With `random_flip`, mirror left-right with probability 1/2 (one draw per image); else `tensor` as is."""
         if self.random_flip and self._rand(generator) < 0.5:
-            return tensor.flip(-1).contiguous()
+            return tensor.flip(-1)  # a new, contiguous tensor
         return tensor
