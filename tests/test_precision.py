@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import warnings
@@ -61,6 +62,76 @@ def test_false_positive_capability_is_caught_by_the_timed_probe(cpu):
     cpu(instructions=True, speedup=MIN_BF16_SPEEDUP - 0.3)
     choice = resolve_mixed_precision("auto", "cpu")
     assert choice.mixed_precision == "no" and "ran only" in choice.reason
+
+
+def test_a_first_probe_slowed_by_load_is_rechecked_before_bf16_is_given_up(monkeypatch):
+    """On a CPU with the bf16 instructions, a first probe under load (a parallel rank or test worker) that falls
+    short is repeated, longer; the faster of the two decides. Without the instructions nothing is timed at all."""
+    calls = []
+    results = iter([MIN_BF16_SPEEDUP - 0.4, 2.1])
+
+    def fake_speedup(device_type="cpu", size=256, repeats=7):
+        calls.append(repeats)
+        return next(results)
+
+    monkeypatch.setattr(precision, "cpu_has_bf16_instructions", lambda: True)
+    monkeypatch.setattr(precision, "measure_bf16_speedup", fake_speedup)
+    choice = resolve_mixed_precision("auto", "cpu")
+    assert choice.mixed_precision == "bf16" and "2.1× fp32" in choice.reason
+    assert calls == [7, precision._RECHECK_REPEATS] and precision._RECHECK_REPEATS > 7
+
+
+def write_checkpoint_state(folder: Path, **state) -> str:
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4, **state}))
+    return str(folder)
+
+
+def test_a_resumed_auto_run_keeps_its_checkpoints_precision_without_probing(cpu, tmp_path):
+    from custom_pipelines.training.trainer import resolve_run_precision
+
+    calls = cpu(instructions=True, speedup=2.5)  # auto would pick bf16 here today ...
+    fp32_run = write_checkpoint_state(tmp_path / "a" / "checkpoint-4", mixed_precision="no")
+    choice = resolve_run_precision("auto", "cpu", resume_from=fp32_run)  # ... but the run began in fp32
+    assert (choice.mixed_precision, choice.requested) == ("no", "auto")
+    assert choice.reason == "kept from checkpoint-4, where the run began" and calls == []
+    cpu(instructions=False, speedup=0.003)  # and a bf16 run moved to an AVX2 machine stays bf16: same run, slower
+    bf16_run = write_checkpoint_state(tmp_path / "b" / "checkpoint-4", mixed_precision="bf16")
+    assert resolve_run_precision("auto", "cpu", resume_from=bf16_run).mixed_precision == "bf16"
+    # checkpoints from before the precision was recorded fall back to the probe
+    old = write_checkpoint_state(tmp_path / "c" / "checkpoint-4")
+    assert resolve_run_precision("auto", "cpu", resume_from=old).mixed_precision == "no"
+    fp16_run = write_checkpoint_state(tmp_path / "d" / "checkpoint-4", mixed_precision="fp16")
+    with pytest.raises(ValueError, match="trained in fp16, which needs a CUDA device"):
+        resolve_run_precision("auto", "cpu", resume_from=fp16_run)
+
+
+def test_an_explicit_precision_on_resume_wins_with_a_warning(cpu, tmp_path, caplog):
+    from accelerate import PartialState
+
+    from custom_pipelines.training.trainer import resolve_run_precision
+
+    PartialState()  # accelerate's logger needs the state
+    cpu(instructions=True, speedup=2.5)
+    bf16_run = write_checkpoint_state(tmp_path / "checkpoint-4", mixed_precision="bf16")
+    with caplog.at_level("WARNING"):
+        assert resolve_run_precision("no", "cpu", resume_from=bf16_run).mixed_precision == "no"
+    assert "resuming a run trained in bf16 with --mixed_precision no" in caplog.text
+
+
+def test_ranks_whose_probes_disagree_all_train_in_fp32(monkeypatch):
+    from custom_pipelines.training import trainer
+
+    class TwoRanks:
+        num_processes = 2
+
+    monkeypatch.setattr(trainer, "PartialState", TwoRanks)
+    bf16 = precision.PrecisionChoice("bf16", "auto", "bf16: CPU AVX512 + avx512_bf16: bf16 matmul 2.0× fp32")
+    monkeypatch.setattr(trainer, "gather_object", lambda objs: ["bf16", "bf16"])
+    assert trainer.agree_across_ranks(bf16) is bf16
+    monkeypatch.setattr(trainer, "gather_object", lambda objs: ["bf16", "no"])
+    agreed = trainer.agree_across_ranks(bf16)
+    assert (agreed.mixed_precision, agreed.requested) == ("no", "auto") and "disagreed" in agreed.reason
 
 
 def test_explicit_bf16_on_a_slow_cpu_runs_but_warns_once_with_the_slowdown(cpu):

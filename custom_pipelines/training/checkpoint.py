@@ -1,9 +1,9 @@
 """Checkpoints that are never half-written: everything goes to a hidden temp folder, renamed when complete.
 
 A checkpoint folder `checkpoint-<step>/` holds accelerate's state (models as safetensors, optimizers, lr schedulers,
-sampler and RNG states) plus ours: `ema/<model>.safetensors` and `trainer_state.json` (step, EMA counters, the
-script's extra state such as a GAN's growing stage; tensors in it, such as a CycleGAN's image pools, go to
-`extra_state.safetensors`, so nothing in a checkpoint of ours is a pickle). A crash mid-save leaves only
+sampler and RNG states) plus ours: `ema/<model>.safetensors` and `trainer_state.json` (step, precision, EMA
+counters, the script's extra state such as a GAN's growing stage; tensors in it, such as a CycleGAN's image pools, go
+to `extra_state.safetensors`, so nothing in a checkpoint of ours is a pickle). A crash mid-save leaves only
 `.tmp-checkpoint-<step>`, which `latest` never picks.
 """
 
@@ -140,11 +140,16 @@ def _finish_checkpoint(tmp, final, output_dir, state, step, ema_models, total_li
             shutil.rmtree(old, ignore_errors=True)
 
 
+def read_checkpoint_state(path: str) -> dict:
+    """The JSON trainer state of a complete checkpoint (step, precision, EMA counters, the script's extra state)."""
+    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def load_checkpoint(accelerator, path: str, ema_models: dict) -> dict:
     """Restore accelerate's state and our EMA; return the JSON trainer state."""
     accelerator.load_state(path)
-    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-        state = json.load(f)
+    state = read_checkpoint_state(path)
     tensors_file = os.path.join(path, EXTRA_TENSORS_FILE)
     if os.path.isfile(tensors_file):
         state = join_tensors(state, load_file(tensors_file))

@@ -28,6 +28,7 @@ from accelerate.utils import (
     InitProcessGroupKwargs,
     ProjectConfiguration,
     gather_object,
+    parse_flag_from_env,
     set_seed,
 )
 from diffusers.optimization import get_scheduler
@@ -39,7 +40,7 @@ from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint_state, resolve_checkpoint, save_checkpoint
 from .compile_check import install_compile_check, is_compiled
 from .data import load_train_dataset, make_dataloader, make_image_dataloader
 from .reporting import (
@@ -55,34 +56,60 @@ logger = get_logger(__name__)
 SUMMARY_FILE = "training_summary.json"
 
 
-def resolve_run_precision(requested: str) -> PrecisionChoice:
-    """`--mixed_precision` (default `auto`) → what this run uses on the device accelerate will pick.
+def resolve_run_precision(
+    requested: str, device: torch.device | str | None = None, resume_from: str | None = None
+) -> PrecisionChoice:
+    """`--mixed_precision` (default `auto`) → what this run uses on `device` (default: the one the launch
+    environment names).
 
-    Resolved before the Accelerator exists (it takes the precision at construction), so the device is read from
-    the launch environment; `create_accelerator` then checks that every rank chose the same."""
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    device = torch.device("cpu") if use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    A run resumed from a checkpoint keeps the precision it began with when `auto` is asked for again: a resumed run
+    is the same run, and its result must not depend on what a timing probe says on the day it is resumed."""
+    if device is None:
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        use_cpu = use_cpu or not torch.cuda.is_available()
+        device = torch.device("cpu") if use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    recorded = read_checkpoint_state(resume_from).get("mixed_precision") if resume_from else None
+    if requested == "auto" and recorded in ("no", "bf16", "fp16"):
+        if recorded == "fp16" and torch.device(device).type != "cuda":
+            raise ValueError(
+                f"--mixed_precision auto: {resume_from} was trained in fp16, which needs a CUDA device; resume it on "
+                "one, or pass --mixed_precision no or bf16 to continue it here"
+            )
+        return PrecisionChoice(recorded, requested, f"kept from {os.path.basename(resume_from)}, where the run began")
     try:
-        return resolve_mixed_precision(requested, device)
+        choice = resolve_mixed_precision(requested, device)
     except ValueError as err:
         raise ValueError(f"--{err}") from None
-
-
-def _check_ranks_agree(accelerator: Accelerator, choice: PrecisionChoice) -> None:
-    if accelerator.num_processes == 1:
-        return
-    choices = gather_object([choice.mixed_precision])
-    if len(set(choices)) > 1:
-        raise ValueError(
-            f"--mixed_precision {choice.requested}: the ranks chose different precisions {choices} (their timing "
-            "probes disagreed); pass --mixed_precision bf16 or no explicitly"
+    if recorded is not None and recorded != choice.mixed_precision:
+        logger.warning(
+            f"resuming a run trained in {recorded} with --mixed_precision {requested} ({choice.mixed_precision}): "
+            "it continues, but will not match an uninterrupted run bit for bit",
+            main_process_only=True,
         )
+    return choice
+
+
+def agree_across_ranks(choice: PrecisionChoice) -> PrecisionChoice:
+    """Every rank must train in the same precision. Each `auto` probe times its own rank, under its own load, so
+    when they disagree all take the safe one, fp32 (an explicit request is the same on every rank anyway)."""
+    state = PartialState()
+    if state.num_processes == 1:
+        return choice
+    choices = gather_object([choice.mixed_precision])
+    if len(set(choices)) == 1:
+        return choice
+    return PrecisionChoice("no", choice.requested, f"fp32: the ranks' probes disagreed ({choices})")
 
 
 def create_accelerator(args) -> Accelerator:
     """Accelerator with TensorBoard logging under `<output_dir>/logs`, a seedable sampler (exact resume), seed, and
     the precision `--mixed_precision` resolves to (`args.precision` records the choice and the reason)."""
-    args.precision = resolve_run_precision(args.mixed_precision)
+    # a rank that never reaches a collective fails the run after this long instead of hanging it
+    init_kwargs = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=getattr(args, "ddp_timeout", 1800)))
+    # the process group first (the Accelerator reuses it), so the ranks can agree on the precision it is built with
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **init_kwargs.to_kwargs())  # as accelerate's
+    resume_from = resolve_checkpoint(getattr(args, "resume_from_checkpoint", None), args.output_dir)
+    args.precision = agree_across_ranks(resolve_run_precision(args.mixed_precision, state.device, resume_from))
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.precision.mixed_precision,
@@ -91,12 +118,8 @@ def create_accelerator(args) -> Accelerator:
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # a rank that never reaches a collective fails the run after this long instead of hanging it
-        kwargs_handlers=[
-            InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=getattr(args, "ddp_timeout", 1800)))
-        ],
+        kwargs_handlers=[init_kwargs],
     )
-    _check_ranks_agree(accelerator, args.precision)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise; DDP syncs the initial weights
     logger.info(
@@ -448,6 +471,7 @@ class Trainer:
         self.check_weights_finite(f"checkpoint-{self.global_step}")
         state = {
             "world_size": self.accelerator.num_processes,
+            "mixed_precision": self.accelerator.mixed_precision,  # a resume with `auto` keeps it
             "extra": self.extra_state.state_dict() if self.extra_state is not None else None,
         }
         return save_checkpoint(

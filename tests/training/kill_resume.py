@@ -8,6 +8,7 @@ in the middle of the final save (every component staged, nothing moved into plac
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +41,6 @@ def check_kill_points(
     `args_for(output_dir)` gives the script's arguments for 6 optimizer steps with a checkpoint every 2; `marker`
     is the file that makes the output a loadable folder (model_index.json, or config.json for a bare model).
     """
-    straight = root / "straight"
-    result = run_script(script, args_for(straight))
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected = weights(straight, weight_files)
     out = root / "killed"
     resume: list[str] = []  # the first run starts fresh, every later one resumes
     survived = 0
@@ -63,6 +60,16 @@ def check_kill_points(
     assert resumed.returncode == 0, f"resume after {points}: {resumed.stderr[-3000:]}"
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")], os.listdir(out)  # no debris left
     got = weights(out, weight_files)
+    # every resume kept the precision the run began with (`auto` is not probed again) ...
+    summary = json.loads((out / "training_summary.json").read_text())
+    if "--mixed_precision" not in args_for(out):
+        assert summary["mixed_precision_reason"].startswith("kept from checkpoint-"), summary
+    # ... and the straight run takes that precision too: a fresh `auto` probe in another process under the load of
+    # a parallel test worker could choose differently, and bf16 weights never equal fp32 ones
+    straight = root / "straight"
+    result = run_script(script, [*args_for(straight), "--mixed_precision", summary["mixed_precision"]])
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = weights(straight, weight_files)
     assert got.keys() == expected.keys()
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, f"{len(different)} tensors differ from the straight run after {points}, e.g. {different[0]}"

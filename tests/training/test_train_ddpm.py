@@ -81,12 +81,33 @@ def test_resume_from_latest_continues_exactly(tmp_path):
     train_ddpm.main(train_ddpm.parse_args(tiny_args(resumed, "--resume_from_checkpoint", "latest")))
     summary = json.loads((resumed / "training_summary.json").read_text())
     assert summary["global_step"] == 6
+    assert summary["mixed_precision_reason"] == "kept from checkpoint-3, where the run began"  # auto not re-probed
     steps = [m["step"] for m in read_metrics(resumed)]
     assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # the resumed run logged steps 4..6, not 1..6
     a, b = unet_weights(straight), unet_weights(resumed)  # saved weights are the EMA weights
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     assert [s for s, _ in list_checkpoints(resumed)] == [3, 6]
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_began_with(tmp_path):
+    """A run begun in fp32 and resumed with the default `auto` stays fp32, even where `auto` would now pick bf16:
+    the checkpoint records the precision, and a resumed run is the same run."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    out = tmp_path / "run"
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(out, "--mixed_precision", "no", "--max_train_steps", "3")))
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["mixed_precision"] == "no"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    train_ddpm.main(train_ddpm.parse_args(tiny_args(out, "--resume_from_checkpoint", "latest")))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert (summary["global_step"], summary["mixed_precision"], summary["mixed_precision_requested"]) == (
+        6,
+        "no",
+        "auto",
+    )
+    assert summary["mixed_precision_reason"] == "kept from checkpoint-3, where the run began"
 
 
 def test_checkpoints_total_limit(tmp_path):
