@@ -71,7 +71,8 @@ def measure_bf16_speedup(device_type: str = "cpu", size: int = _PROBE_SIZE, repe
     """fp32 time / bf16 time of a `size`² matmul on `device_type` (> 1: bf16 is faster). Once per process.
 
     The two are timed in turns, best of `repeats` each, so a burst of load from another process (a second rank, a
-    parallel test worker) slows both alike instead of skewing the ratio."""
+    parallel test worker) slows both alike instead of skewing the ratio; on one CPU thread, since a threaded
+    kernel waits for its slowest thread and a loaded machine preempts one of them now and then."""
     device = torch.device(device_type)
     gen = torch.Generator().manual_seed(0)
     a32 = torch.randn(size, size, generator=gen).to(device)
@@ -87,11 +88,17 @@ def measure_bf16_speedup(device_type: str = "cpu", size: int = _PROBE_SIZE, repe
         return run
 
     run32, run16 = timed(a32, b32), timed(a16, b16)
-    run32(), run16()  # warm-up: first calls pick and JIT the kernels
-    t32 = t16 = float("inf")
-    for _ in range(repeats):
-        t32 = min(t32, _clock(run32))
-        t16 = min(t16, _clock(run16))
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # one core's kernel speed: a threaded op stalls whenever one thread is preempted
+    try:
+        run32(), run16()  # warm-up: first calls pick and JIT the kernels
+        t32 = t16 = float("inf")
+        for _ in range(repeats):
+            t32 = min(t32, _clock(run32))
+            t16 = min(t16, _clock(run16))
+    finally:
+        torch.set_num_threads(threads)
     return t32 / max(t16, 1e-9)
 
 

@@ -166,9 +166,11 @@ def test_explicit_choices_and_bad_input(cpu):
 
 
 def test_the_real_probe_is_quick_and_sane():
+    threads = torch.get_num_threads()
     start = time.perf_counter()
     speedup = measure_bf16_speedup.__wrapped__("cpu")  # uncached
     assert time.perf_counter() - start < 1.0
+    assert torch.get_num_threads() == threads  # timed on one thread, then given back
     assert 1e-4 < speedup < 100
     choice = resolve_mixed_precision("auto", "cpu")  # this machine, whatever kind it is
     assert choice.mixed_precision in ("no", "bf16") and choice.reason
