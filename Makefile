@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(LAUNCH) training/train_ddpm.py --dataset_name digits --output_dir $(RUN) \
+	$(LAUNCH) training/train_ddpm.py --dataset_name digits --output_dir $(RUN) --overwrite_output_dir \
 		--max_train_steps $(DEMO_STEPS) --train_batch_size $(DEMO_BATCH) --learning_rate 1e-3 --lr_scheduler cosine \
 		--lr_warmup_steps 100 --ema_power 0.75 --snr_gamma 5 --prediction_type v_prediction \
 		--checkpointing_steps 1000 --checkpoints_total_limit 1 \
@@ -50,7 +50,7 @@ demo: $(STAMP)
 
 # Class-conditional DDPM with classifier-free guidance; the grid has one row per digit class (w = 2).
 demo-cfg: $(STAMP)
-	$(LAUNCH) training/train_cfg.py --dataset_name digits --conditioning_dropout 0.1 --output_dir runs/cfg-digits \
+	$(LAUNCH) training/train_cfg.py --dataset_name digits --conditioning_dropout 0.1 --output_dir runs/cfg-digits --overwrite_output_dir \
 		--max_train_steps $(CFG_STEPS) --train_batch_size 64 --learning_rate 1e-3 --lr_scheduler cosine \
 		--lr_warmup_steps 50 --checkpointing_steps 1000 --checkpoints_total_limit 1 --validation_steps 200 \
 		--num_validation_images 40
@@ -63,7 +63,7 @@ demo-cfg: $(STAMP)
 # betas and R1 weight come from the variant's hub_configs/dcgan-digits-16/training_recipe.json.
 demo-gan: $(STAMP)
 	$(LAUNCH) training/train_gan.py --model_config dcgan-digits-16 --dataset_name digits \
-		--output_dir runs/dcgan-digits --max_train_steps $(GAN_STEPS) --train_batch_size 64 --checkpointing_steps 1000 \
+		--output_dir runs/dcgan-digits --overwrite_output_dir --max_train_steps $(GAN_STEPS) --train_batch_size 64 --checkpointing_steps 1000 \
 		--checkpoints_total_limit 1 --validation_steps 500 --num_validation_images 36
 	$(BIN)/python -m training.sample --pipeline runs/dcgan-digits --num_images 64 --output runs/dcgan-digits/samples.png
 
@@ -73,9 +73,9 @@ demo-gan: $(STAMP)
 SR_RUN ?= runs/demo-sr
 demo-sr: $(STAMP)
 	$(LAUNCH) training/train_srgan.py --stage srresnet --model_config srresnet-photos-x4 \
-		--output_dir $(SR_RUN)/srresnet --max_train_steps 800 --validation_steps 400 --checkpointing_steps 800
+		--output_dir $(SR_RUN)/srresnet --overwrite_output_dir --max_train_steps 800 --validation_steps 400 --checkpointing_steps 800
 	$(LAUNCH) training/train_srgan.py --stage srgan --model_config srgan-photos-x4 \
-		--pretrained_model_name_or_path $(SR_RUN)/srresnet --output_dir $(SR_RUN)/srgan --max_train_steps 200 \
+		--pretrained_model_name_or_path $(SR_RUN)/srresnet --output_dir $(SR_RUN)/srgan --overwrite_output_dir --max_train_steps 200 \
 		--validation_steps 100 --checkpointing_steps 200
 	$(BIN)/python benchmarks/sr_quality.py --srresnet $(SR_RUN)/srresnet --srgan $(SR_RUN)/srgan \
 		--output_dir $(SR_RUN)/quality
@@ -87,7 +87,7 @@ demo-sr: $(STAMP)
 CYCLEGAN_RUN ?= runs/demo-cyclegan
 demo-cyclegan: $(STAMP)
 	$(LAUNCH) training/train_cyclegan.py --model_config cyclegan-digits-thick-16 --dataset_name digits-thick \
-		--output_dir $(CYCLEGAN_RUN) --max_train_steps 800 --validation_steps 200 --checkpointing_steps 800 \
+		--output_dir $(CYCLEGAN_RUN) --overwrite_output_dir --max_train_steps 800 --validation_steps 200 --checkpointing_steps 800 \
 		--checkpoints_total_limit 1 --num_validation_images 8
 	$(BIN)/python benchmarks/cyclegan_quality.py --pipeline $(CYCLEGAN_RUN) --dataset_name digits-thick
 	@echo "pipeline: $(CYCLEGAN_RUN)/ (CycleGANPipeline: generator_a_to_b/, generator_b_to_a/, discriminators, README.md)"
@@ -98,7 +98,7 @@ demo-cyclegan: $(STAMP)
 # held-out PSNR/SSIM against area→bicubic at the same factor and input | reconstruction PNGs. ≈ 2–4 min on 2 cores.
 VAE_RUN ?= runs/vae-digits-32
 demo-vae: $(STAMP)
-	$(LAUNCH) training/train_vae.py --model_config vae-digits-32-f4 --dataset_name digits --output_dir $(VAE_RUN)
+	$(LAUNCH) training/train_vae.py --model_config vae-digits-32-f4 --dataset_name digits --output_dir $(VAE_RUN) --overwrite_output_dir
 	$(BIN)/python benchmarks/vae_quality.py --runs $(VAE_RUN) --output_dir $(VAE_RUN)/quality
 	@echo "autoencoder: $(VAE_RUN)/ (AutoencoderKL.from_pretrained), reconstructions: $(VAE_RUN)/reconstructions.png"
 
@@ -110,9 +110,9 @@ LDM_STEPS ?= 1000
 LDM_RUN ?= runs/ldm-text-digits
 demo-ldm: $(STAMP)
 	OMP_NUM_THREADS=1 $(LAUNCH) training/train_vae.py --model_config vae-digits-32-f4 --dataset_name digits \
-		--output_dir $(VAE_RUN)
+		--output_dir $(VAE_RUN) --overwrite_output_dir
 	OMP_NUM_THREADS=1 $(LAUNCH) training/train_ldm.py --dataset_name digits --vae_name_or_path $(VAE_RUN) \
-		--conditioning text --cache_latents --output_dir $(LDM_RUN) --max_train_steps $(LDM_STEPS) \
+		--conditioning text --cache_latents --output_dir $(LDM_RUN) --overwrite_output_dir --max_train_steps $(LDM_STEPS) \
 		--checkpointing_steps $(LDM_STEPS) --checkpoints_total_limit 1 --validation_steps $(LDM_STEPS) \
 		--num_validation_images 100
 	@echo "autoencoder: $(VAE_RUN)/ (reconstructions.png: held-out input | reconstruction, reconstruction_metrics.json)"

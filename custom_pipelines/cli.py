@@ -14,8 +14,14 @@ from collections.abc import Callable
 
 from .options import SAMPLING_DTYPE_CHOICES
 
+
+class CommandFailed(RuntimeError):
+    """A command could not finish, for a reason its message explains in full, with what to do next (e.g. a Hub push
+    that failed after training saved the model): printed as one line, like a user error."""
+
+
 # what a command line reports as `error: <message>` (bad input, missing files), not as a stack trace
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, CommandFailed)
 
 
 def run_cli(main: Callable[[], object]) -> None:

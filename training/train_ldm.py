@@ -40,7 +40,9 @@ DEFAULT_MODEL_CONFIGS = {"text": "ldm-text-digits-32", "class": "ldm-digits-32",
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=2e-4)
     ldm = parser.add_argument_group("latent diffusion")
     ldm.add_argument(
@@ -306,7 +308,7 @@ def main(args: argparse.Namespace) -> str:
     from custom_pipelines.pipelines.guidance import drop_class_labels
     from custom_pipelines.pipelines.pipeline_latent_diffusion import LatentDiffusionPipeline
     from custom_pipelines.training import Trainer, adamw, create_accelerator
-    from custom_pipelines.training.data import load_train_dataset
+    from custom_pipelines.training.data import check_image_channels, load_train_dataset
     from custom_pipelines.training.diffusion import diffusion_loss, load_training_scheduler, sample_validation_images
 
     accelerator = create_accelerator(args)
@@ -315,6 +317,7 @@ def main(args: argparse.Namespace) -> str:
     unet_config = load_component_config(args.pretrained_model_name_or_path or args.model_config, "unet")
     check_latent_resolution(vae, unet_config, resolution)
     dataset = load_train_dataset(args, resolution)
+    check_image_channels(args, dataset, vae.config.in_channels, "--vae_name_or_path", args.vae_name_or_path)
     conditions = dataset_conditions(args, dataset, text_encoder, tokenizer, accelerator.device)
     if conditions.ids is not None:
         dataset = with_condition_column(dataset, args.label_column, conditions.ids)

@@ -27,6 +27,28 @@ def list_variants() -> list[str]:
     return sorted(p.name for p in HUB_CONFIGS_DIR.iterdir() if (p / "model_index.json").is_file())
 
 
+CHANNEL_KEYS = ("in_channels", "img_channels")  # diffusers' models / our GAN generators
+
+
+def variants_with_channels(channels: int, prefix: str = "") -> list[str]:
+    """The `hub_configs/` variants named `prefix…` whose image-side component takes `channels` channels (for a
+    variant with a VAE, the VAE's: its UNet sees latents)."""
+    found = []
+    names = sorted(p.name for p in HUB_CONFIGS_DIR.iterdir() if p.is_dir()) if HUB_CONFIGS_DIR.is_dir() else []
+    for name in names:  # every variant folder, bare-model ones (a VAE) too
+        if not name.startswith(prefix):
+            continue
+        configs = sorted((HUB_CONFIGS_DIR / name).glob("*/config.json"), key=lambda p: p.parent.name != "vae")
+        for path in configs:
+            config = json.loads(path.read_text(encoding="utf-8"))
+            value = next((config[k] for k in CHANNEL_KEYS if k in config), None)
+            if value is not None:
+                if value == channels:
+                    found.append(name)
+                break
+    return found
+
+
 def resolve_variant(name_or_path: str | os.PathLike, component: str | None = None, **hub_kwargs) -> Path:
     """A local folder, one of our `hub_configs/` variant names, or a Hub repo id → a local folder with its configs.
 

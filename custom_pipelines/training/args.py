@@ -101,7 +101,17 @@ def add_common_args(
     run = parser.add_argument_group("checkpoints, logging, hub")
     run.add_argument("--checkpointing_steps", type=int, default=500)
     run.add_argument("--checkpoints_total_limit", type=int, default=None)
-    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint dir, or 'latest'")
+    run.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="a checkpoint dir, or 'latest' (the newest in --output_dir; none yet: start the run afresh)",
+    )
+    run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="a non-empty --output_dir is refused unless the run resumes there; this replaces what an earlier run "
+        "wrote in it (checkpoints, samples, logs, metrics, the saved pipeline) instead",
+    )
     run.add_argument("--validation_steps", type=int, default=500)
     run.add_argument("--num_validation_images", type=int, default=16)
     run.add_argument("--logging_steps", type=int, default=10)
@@ -170,6 +180,11 @@ def validate_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--eval_feature_extractor inception needs --eval_inception_weights (nothing is downloaded)")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ddpm-digits)")
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise ValueError(
+            "--overwrite_output_dir and --resume_from_checkpoint contradict each other: the first removes the "
+            "checkpoints the second continues from; pass one of them"
+        )
 
 
 def check_resolution(unet, resolution: int) -> None:

@@ -53,6 +53,7 @@ def make_image_dataloader(args, dataset, resolution: int, channels: int) -> torc
     With a center crop (no random crop) the resize + crop + scaling is the same every time an image is read, so a
     small dataset read more than once is transformed once (`TransformedImages`); only the random flip is drawn per
     read. The batches are the same tensors either way."""
+    check_image_channels(args, dataset, channels)
     transform = ImageTransform(
         resolution,
         channels,
@@ -72,6 +73,50 @@ def make_image_dataloader(args, dataset, resolution: int, channels: int) -> torc
         return out
 
     return make_dataloader(args, dataset.with_transform(to_tensors), _collate)
+
+
+# how many images decide whether a dataset is in colour (read from the start of the dataset)
+CHANNEL_PROBE_IMAGES = 16
+
+
+def has_colour(image) -> bool:
+    """True when a PIL image holds colour: an RGB(A)/palette/CMYK image whose channels differ somewhere (an RGB
+    file of grey pixels, e.g. digits saved as RGB PNGs, is grey). Checked on a thumbnail, so large photos cost
+    little."""
+    import numpy as np
+
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    small = image.copy()
+    small.thumbnail((64, 64))
+    rgb = np.asarray(small.convert("RGB"), dtype=np.int16)
+    return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() > 2 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 2)
+
+
+def check_image_channels(args, dataset, channels: int, flag: str = "--model_config", model: str | None = None) -> None:
+    """Colour training images for a 1-channel model would be turned grey without a word: refuse, naming `flag` (the
+    option that picks the model's channels) and the variants of the same family that take colour. Grey images for
+    a 3-channel model lose nothing (they are replicated to RGB) and pass."""
+    if channels != 1 or len(dataset) == 0:
+        return
+    if model is None:
+        model = getattr(args, "pretrained_model_name_or_path", None) or getattr(args, "model_config", None)
+    for i in range(min(CHANNEL_PROBE_IMAGES, len(dataset))):
+        if has_colour(dataset[i][args.image_column]):
+            source = args.train_data_dir or args.dataset_name
+            raise ValueError(
+                f"the training images of {source!r} are in colour (image {i}), but the model ({model}) takes 1 "
+                f"channel, so training would turn them grey: pick a 3-channel {flag}{_rgb_hint(model)}, or convert "
+                "the images to grayscale first if grey is what you want"
+            )
+
+
+def _rgb_hint(model_config: str | None) -> str:
+    from custom_pipelines.hub.configs import variants_with_channels
+
+    family = (model_config or "").split("-")[0]
+    names = variants_with_channels(3, prefix=f"{family}-") if family else []
+    return f" (hub_configs variants: {', '.join(names)})" if names else ""
 
 
 def _collate(examples: list[dict]) -> dict:

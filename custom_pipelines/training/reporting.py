@@ -187,7 +187,7 @@ def latest_sample_grid(output_dir: str) -> str | None:
 def push_folder_to_hub(output_dir: str, repo_id: str, token: str | None, private: bool) -> str:
     """Upload the final pipeline of a run (not checkpoints, logs or temp files) as one commit, shims included
     (custom_pipelines.hub.push); creates the repo if needed. Returns the commit URL."""
-    from custom_pipelines.hub.push import push_pipeline_folder
+    from custom_pipelines.hub.push import TRAINING_RUN_IGNORED, push_pipeline_folder
 
     info = push_pipeline_folder(
         output_dir,
@@ -195,6 +195,6 @@ def push_folder_to_hub(output_dir: str, repo_id: str, token: str | None, private
         token=token,
         private=private,
         commit_message="Upload pipeline trained with custom_pipelines",
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "logs/**"],
+        ignore_patterns=TRAINING_RUN_IGNORED,
     )
     return str(info)

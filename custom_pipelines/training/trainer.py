@@ -15,7 +15,6 @@ import datetime
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,6 +34,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from custom_pipelines.cli import CommandFailed
 from custom_pipelines.faults import fault_point
 from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
@@ -43,6 +43,8 @@ from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 from .checkpoint import load_checkpoint, read_checkpoint_state, resolve_checkpoint, save_checkpoint
 from .compile_check import install_compile_check, is_compiled
 from .data import load_train_dataset, make_dataloader, make_image_dataloader
+from .output_dir import SUMMARY_FILE
+from .preflight import check_push_possible, prepare_output_dir
 from .reporting import (
     ModelCardInfo,
     append_metrics,
@@ -53,7 +55,6 @@ from .reporting import (
 )
 
 logger = get_logger(__name__)
-SUMMARY_FILE = "training_summary.json"
 
 
 def resolve_run_precision(
@@ -109,6 +110,9 @@ def create_accelerator(args) -> Accelerator:
     # the process group first (the Accelerator reuses it), so the ranks can agree on the precision it is built with
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **init_kwargs.to_kwargs())  # as accelerate's
     resume_from = resolve_checkpoint(getattr(args, "resume_from_checkpoint", None), args.output_dir)
+    prepare_output_dir(args, resume_from, state)  # refuse or clear another run's folder, trim a resumed one
+    if getattr(args, "push_to_hub", False):
+        check_push_possible(args, state)  # offline, no token, bad repo id: fail now, not after training
     args.precision = agree_across_ranks(resolve_run_precision(args.mixed_precision, state.device, resume_from))
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -127,20 +131,7 @@ def create_accelerator(args) -> Accelerator:
         f"{args.precision.reason})",
         main_process_only=True,
     )
-    if accelerator.is_main_process:
-        check_output_dir(args.output_dir)
     return accelerator
-
-
-def check_output_dir(output_dir: str) -> None:
-    """Create `output_dir` and write a probe file in it, so an unwritable folder fails before training, not at the
-    first checkpoint."""
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"--output_dir {output_dir!r} cannot be written to ({err.strerror or err})") from err
 
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch.optim.AdamW(fused=True) kernels since torch 2.4
@@ -270,7 +261,9 @@ class Trainer:
         self.global_step = 0
         self.nonfinite_in_a_row = 0
         if args.report_to != "none":
-            accelerator.init_trackers(f"train_{family}", config=_scalar_config(args))
+            resume_step = getattr(args, "resume_step", None)  # TensorBoard drops the resumed run's later events
+            init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else {}
+            accelerator.init_trackers(f"train_{family}", config=_scalar_config(args), init_kwargs=init_kwargs)
 
     def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int):
         self.dataset = dataset if dataset is not None else load_train_dataset(self.args, resolution)
@@ -596,14 +589,30 @@ class Trainer:
             curve = plot_loss_curve(args.output_dir)
             write_model_card(args.output_dir, self.card, args)
             logger.info(f"saved pipeline to {args.output_dir}; loss curve {curve}", main_process_only=True)
-            if args.push_to_hub:
-                push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+        push_error = self._push() if args.push_to_hub and acc.is_main_process else None
         acc.wait_for_everyone()
         if acc.num_processes > 1:
             # let gloo's worker thread finish its last collective before DDP is torn down, or the process can hang
             # at exit (docs/performance.md, "Multi-process CPU runs")
             time.sleep(1.0)
         acc.end_training()
+        if push_error is not None:  # after the other ranks are released: the run itself is complete and saved
+            raise push_error
+
+    def _push(self) -> CommandFailed | None:
+        """Push the saved pipeline; a failure is returned (raised once every rank is done), with how to push the
+        saved folder later."""
+        args = self.args
+        try:
+            url = push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+        except Exception as err:  # the network, the token, the hub: the trained pipeline is saved either way
+            return CommandFailed(
+                f"the push to {args.hub_model_id} failed ({type(err).__name__}: {err}); the trained pipeline is saved "
+                f"in {args.output_dir}: push it later with `python -m custom_pipelines.hub.push {args.output_dir} "
+                f"{args.hub_model_id}`"
+            )
+        logger.info(f"pushed {args.output_dir} to {args.hub_model_id}: {url}", main_process_only=True)
+        return None
 
 
 def _check_names(models: dict, optimizers: dict, frozen: dict, step_every: dict) -> None:

@@ -37,3 +37,29 @@ def test_train_ddpm_push_to_hub(test_hub, use_hub, tmp_path, fresh_accelerate_st
     assert type(pulled) is UnconditionalDiffusionPipeline
     local = UnconditionalDiffusionPipeline.from_pretrained(out)
     np.testing.assert_array_equal(sample(pulled, "ddpm"), sample(local, "ddpm"))
+
+
+def test_push_checks_pass_against_a_reachable_hub_and_a_saved_run_pushes_later(
+    test_hub, use_hub, tmp_path, fresh_accelerate_state
+):
+    from custom_pipelines.hub.push import main as push_main
+    from custom_pipelines.hub.push import push_preflight_error
+
+    use_hub(test_hub)
+    assert push_preflight_error("user/later", None) is None  # online, a token (HF_TOKEN), whoami answers
+    out = tmp_path / "run"
+    train_ddpm.main(train_ddpm.parse_args([*TINY_FLAGS, "--output_dir", str(out)]))  # trained without a push
+    push_main([str(out), "user/later"])  # what a failed --push_to_hub tells the user to run
+    files = set(HfApi().list_repo_files("user/later"))
+    assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors", "pipeline.py", "README.md"} <= files
+    assert not any(f.startswith(("checkpoint-", "logs/")) for f in files)
+    np.testing.assert_array_equal(sample(load_pipeline("user/later"), "ddpm"), sample(load_pipeline(str(out)), "ddpm"))
+
+
+def test_the_push_command_refuses_a_folder_that_is_not_a_pipeline(tmp_path):
+    import pytest
+
+    from custom_pipelines.hub.push import main as push_main
+
+    with pytest.raises(ValueError, match="holds no model_index.json"):
+        push_main([str(tmp_path), "user/x"])
