@@ -1,5 +1,11 @@
 """`python -m custom_pipelines.evaluate`: sample a saved pipeline and write FID / KID / precision / recall to JSON.
 
+Every pipeline type is sampled as `sample` samples it (`custom_pipelines.call_inputs`): class-conditional models
+with balanced labels over all their classes unless `--class_labels` says otherwise, text models with `--prompt`
+(cycled), and pipelines that take an input image (super-resolution, CycleGAN, img2img with any diffusion pipeline)
+on the images of `--image`: one output per input by default, and their outputs are scored against `--reference`
+(for CycleGAN: real images of the target domain; for super-resolution: real high-resolution images).
+
 Example:
     python -m custom_pipelines.evaluate --pipeline runs/ddpm-digits --num_samples 2000 \
         --reference digits --feature_extractor digits --num_inference_steps 50 --output metrics.json
@@ -10,21 +16,30 @@ from __future__ import annotations
 import argparse
 import math
 
+from custom_pipelines.call_inputs import add_conditioning_args, check_conditioning_args
 from custom_pipelines.cli import (
     add_fast_sampling_args,
     add_timesteps_args,
     console_entry,
     default_device,
-    parse_class_labels,
     resolve_timesteps_args,
 )
 from custom_pipelines.options import SCHEDULER_NAMES
 
+DEFAULT_NUM_SAMPLES = 1000  # pipelines without input images; those make one sample per input by default
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m custom_pipelines.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m custom_pipelines.evaluate", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--pipeline", required=True, help="pipeline folder or Hub repo id (load_pipeline)")
-    parser.add_argument("--num_samples", type=int, default=1000, help="generated images (50000 for papers)")
+    parser.add_argument(
+        "--num_samples",
+        type=int,
+        default=None,
+        help=f"generated images (50000 for papers); default {DEFAULT_NUM_SAMPLES}, or one per --image input",
+    )
     parser.add_argument("--reference", default="digits", help="'digits' or a folder of real images")
     parser.add_argument("--reference_split", default="all", choices=["all", "train", "test"], help="digits split")
     parser.add_argument("--reference_num_samples", type=int, default=None, help="use the first N real images")
@@ -37,8 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_timesteps_args(parser)
     parser.add_argument("--guidance_scale", type=float, default=None, help="for guided pipelines")
     add_fast_sampling_args(parser)
-    parser.add_argument("--class_labels", default=None, help="'all' (balanced), 'none' or e.g. '3,5'")
-    parser.add_argument("--num_classes", type=int, default=10, help="classes cycled by --class_labels all")
+    add_conditioning_args(parser)
+    parser.add_argument(
+        "--num_classes", type=int, default=None, help="classes cycled by --class_labels all (default: the model's)"
+    )
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kid_subsets", type=int, default=100)
@@ -55,10 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate_args(args: argparse.Namespace) -> None:
     """A ValueError naming the flag for every bad count or scale, before the pipeline is loaded or sampled."""
-    for name in ("num_samples", "batch_size", "kid_subsets", "pr_k", "num_classes"):
+    for name in ("batch_size", "kid_subsets", "pr_k"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    for name in ("num_inference_steps", "reference_num_samples"):
+    for name in ("num_samples", "num_classes", "num_inference_steps", "reference_num_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer (or left out), got {getattr(args, name)}")
     if args.kid_subset_size < 2:
@@ -67,22 +84,26 @@ def validate_args(args: argparse.Namespace) -> None:
         )
     if args.guidance_scale is not None and not 0 <= args.guidance_scale < math.inf:
         raise ValueError(f"--guidance_scale must be >= 0 and finite, got {args.guidance_scale}")
+    check_conditioning_args(args)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Load the pipeline, evaluate it, print a table and write the JSON; returns the metrics dict."""
+    import functools
+
+    from custom_pipelines.call_inputs import plan_sampling, prepare_pipeline, sample_batches
     from custom_pipelines.evaluation.evaluator import build_feature_extractor, evaluate_pipeline
     from custom_pipelines.hub.loader import load_pipeline
     from custom_pipelines.io import write_json
     from custom_pipelines.pipelines.fast_sampling import apply_fast_sampling_args
-    from custom_pipelines.schedulers import scheduler_from_name
 
     args.device = default_device(args.device)
-    pipe = load_pipeline(args.pipeline).to(args.device)
-    if args.scheduler is not None:
-        pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
+    pipe = prepare_pipeline(load_pipeline(args.pipeline).to(args.device), args)
     dtype = apply_fast_sampling_args(pipe, args)
     pipe.set_progress_bar_config(disable=True)
+    plan = plan_sampling(pipe, args, args.num_samples, DEFAULT_NUM_SAMPLES, "num_samples")
+    for note in plan.notes:
+        print(f"note: {note}")
     extractor = args.feature_extractor
     if extractor == "inception":
         extractor = build_feature_extractor(
@@ -93,12 +114,12 @@ def run(args: argparse.Namespace) -> dict:
         )
     metrics = evaluate_pipeline(
         pipe,
-        args.num_samples,
+        plan.num_samples,
         reference=args.reference,
         extractor=extractor,
         batch_size=args.batch_size,
         seed=args.seed,
-        class_labels=parse_class_labels(args.class_labels, args.num_classes),
+        sampler=functools.partial(sample_batches, plan=plan),
         reference_num_samples=args.reference_num_samples,
         reference_split=args.reference_split,
         kid_subsets=args.kid_subsets,
@@ -106,11 +127,14 @@ def run(args: argparse.Namespace) -> dict:
         pr_k=args.pr_k,
         fid_method=args.fid_method,
         digits_cache_dir=args.digits_cache_dir,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        timesteps=args.timesteps,
     )
-    metrics = {**metrics, "pipeline": args.pipeline, "num_inference_steps": args.num_inference_steps}
+    metrics = {**metrics, "pipeline": args.pipeline, "pipeline_class": type(pipe).__name__}
+    metrics["num_inference_steps"] = args.num_inference_steps
+    if plan.class_labels is not None:
+        metrics["class_labels"] = ",".join(map(str, plan.class_labels))  # cycled over the samples
+    for name in ("prompt", "image", "strength", "direction"):
+        if getattr(args, name) is not None:
+            metrics[name] = getattr(args, name)
     scheduler = pipe.components.get("scheduler")  # GAN pipelines have none
     metrics["scheduler"] = type(scheduler).__name__ if scheduler is not None else None
     metrics["torch_dtype"] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(dtype).split(".")[-1]]

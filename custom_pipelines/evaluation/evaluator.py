@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -28,6 +28,9 @@ from custom_pipelines.evaluation.metrics import (
 from custom_pipelines.pipelines.utils import check_positive_int, sample_images
 
 logger = logging.getLogger(__name__)
+
+# (pipe, num_samples, batch_size, seed) → batches of (images [B, C, H, W] in [0, 1], class labels [B] or None)
+Sampler = Callable[[DiffusionPipeline, int, int, int], Iterable[tuple[torch.Tensor, torch.Tensor | None]]]
 
 
 def build_feature_extractor(
@@ -100,6 +103,7 @@ def evaluate_pipeline(
     is_splits: int = 10,
     fid_method: Literal["sqrtm", "eigh"] = "sqrtm",
     digits_cache_dir: str | os.PathLike | None = None,
+    sampler: Sampler | None = None,
     **pipeline_kwargs,
 ) -> dict:
     """Sample `num_samples` images from `pipe` and score them against real images.
@@ -117,6 +121,10 @@ def evaluate_pipeline(
         reference_num_samples (`int`, *optional*), reference_split (`str`, defaults to `"all"`): which real images.
         kid_subsets, kid_subset_size, pr_k, is_splits, fid_method: metric options (see `metrics`).
         digits_cache_dir (`str`, *optional*): cache folder of the digits classifier when `extractor="digits"`.
+        sampler (`Callable`, *optional*): `sampler(pipe, num_samples, batch_size, seed)` yielding `(images, labels)`
+            batches as `sample_images` does (the default), for inputs it cannot give: prompts, input images (the
+            command line's `custom_pipelines.call_inputs.sample_batches`). Then `class_labels` and `pipeline_kwargs`
+            belong to the sampler and are refused here.
         pipeline_kwargs: passed to every pipeline call (e.g. `num_inference_steps=50`, `guidance_scale=3.0`).
 
     Returns:
@@ -131,11 +139,20 @@ def evaluate_pipeline(
         raise ValueError(f"kid_subset_size must be an integer >= 2 (KID compares pairs), got {kid_subset_size!r}")
     if fid_method not in ("sqrtm", "eigh"):
         raise ValueError(f"fid_method must be one of 'sqrtm', 'eigh', got {fid_method!r}")
+    if sampler is not None and (class_labels is not None or pipeline_kwargs):
+        raise ValueError(
+            "class_labels and pipeline arguments go to the sampler when one is given, got "
+            f"class_labels={class_labels!r} and {sorted(pipeline_kwargs)}"
+        )
     start_time = time.perf_counter()
-    fake_stats, fake_features, fake_logits, correct = None, [], [], []
-    for images, labels in sample_images(
-        pipe, num_samples, batch_size, seed, class_labels, class_labels_kwarg, **pipeline_kwargs
-    ):
+    if sampler is None:
+        batches = sample_images(
+            pipe, num_samples, batch_size, seed, class_labels, class_labels_kwarg, **pipeline_kwargs
+        )
+    else:
+        batches = sampler(pipe, num_samples, batch_size, seed)
+    fake_stats, fake_features, fake_logits, correct, labelled = None, [], [], [], class_labels is not None
+    for images, labels in batches:
         if isinstance(extractor, str):
             extractor = _extractor_for(extractor, images.shape[-1], pipe.device, digits_cache_dir)
         features, logits = extractor.features_and_logits(images)
@@ -144,6 +161,7 @@ def evaluate_pipeline(
         fake_features.append(features)
         if extractor.has_logits:
             fake_logits.append(logits)
+        labelled = labelled or labels is not None
         if labels is not None and hasattr(extractor, "classify"):
             correct.append(logits.argmax(dim=-1) == labels)
     resolution = int(images.shape[-1])
@@ -168,7 +186,7 @@ def evaluate_pipeline(
     )
     if correct:
         metrics["class_accuracy"] = float(torch.cat(correct).float().mean())
-    elif class_labels is not None:
+    elif labelled:
         logger.warning(f"class accuracy needs a classifier extractor with classify(); {extractor.name!r} has none")
     reference_name = "features" if isinstance(reference, torch.Tensor) else os.fspath(reference)
     return {

@@ -190,3 +190,88 @@ def test_cli_reports_a_missing_pipeline_in_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: pretrained_model_name_or_path=")
+
+
+# ----- every pipeline type: class labels by default, prompts, input images (the shared tiny folders) -----------------
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    from tests.test_sample_cli import tiny_pipeline_folders
+
+    return tiny_pipeline_folders(tmp_path_factory.mktemp("tiny-pipelines"))
+
+
+FAST = ["--kid_subsets", "2", "--device", "cpu", "--torch_dtype", "fp32"]
+STEP = ["--num_inference_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def input_folders(tmp_path_factory):
+    """Five grayscale digits-like inputs at 8×8 (for ×2 super-resolution) and at 16×16 (for the others)."""
+    from PIL import Image
+
+    folders = {}
+    images, _ = load_digits_images("test", 16)
+    for size in (8, 16):
+        folders[size] = tmp_path_factory.mktemp(f"inputs{size}")
+        for i, image in enumerate(torch.nn.functional.interpolate(images[:5], size=size, mode="area")):
+            pixels = (image[0].numpy() * 255).round().astype("uint8")
+            Image.fromarray(pixels, mode="L").save(folders[size] / f"{i}.png")
+    return folders
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_cli_class_conditional_defaults_to_balanced_labels_over_all_classes(saved_pipeline, tmp_path, digits_cache):
+    argv = ["--pipeline", saved_pipeline("ldm-class"), "--num_samples", "6", *FAST, *STEP]  # 3 classes
+    metrics = main_metrics(argv, tmp_path)
+    assert metrics["class_labels"] == "0,1,2" and metrics["num_samples"] == 6 and metrics["resolution"] == 16
+    assert 0 <= metrics["class_accuracy"] <= 1 and math.isfinite(metrics["fid"])
+    assert main_metrics([*argv, "--class_labels", "2"], tmp_path)["class_labels"] == "2"
+    with pytest.raises(ValueError, match="--class_labels none: LatentDiffusionPipeline is class-conditional"):
+        main([*argv, "--class_labels", "none"])
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_cli_text_pipeline_takes_prompts(saved_pipeline, tmp_path, digits_cache):
+    argv = ["--pipeline", saved_pipeline("ldm-text"), "--num_samples", "5", *FAST, *STEP]
+    metrics = main_metrics([*argv, "--prompt", "a handwritten 3", "a handwritten 7"], tmp_path)
+    assert metrics["prompt"] == ["a handwritten 3", "a handwritten 7"] and metrics["num_samples"] == 5
+    assert math.isfinite(metrics["fid"]) and "class_accuracy" not in metrics
+    with pytest.raises(ValueError, match="--prompt is required: LatentDiffusionPipeline is text-conditional"):
+        main(argv)
+    with pytest.raises(ValueError, match="--prompt does not apply to LatentDiffusionPipeline"):
+        main(["--pipeline", saved_pipeline("ldm-class"), "--prompt", "a digit", *FAST])
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+@pytest.mark.parametrize(
+    ("kind", "size", "argv", "pipeline_class"),
+    [
+        ("sr", 8, [], "SuperResolutionPipeline"),  # 8×8 → 16×16, scored against 16×16 digits
+        ("cyclegan", 16, ["--direction", "b_to_a"], "CycleGANPipeline"),
+        ("ldm-none", 16, ["--strength", "0.5", "--num_inference_steps", "2"], "LatentImg2ImgPipeline"),  # SDEdit
+    ],
+)
+def test_cli_scores_the_outputs_of_image_input_pipelines(
+    saved_pipeline, input_folders, tmp_path, digits_cache, kind, size, argv, pipeline_class
+):
+    base = ["--pipeline", saved_pipeline(kind), "--image", str(input_folders[size]), *FAST, *argv]
+    metrics = main_metrics(base, tmp_path)  # one sample per input by default
+    assert metrics["pipeline_class"] == pipeline_class and metrics["image"] == str(input_folders[size])
+    assert metrics["num_samples"] == 5 and metrics["resolution"] == 16 and math.isfinite(metrics["fid"])
+    if kind == "sr":  # deterministic: more samples than inputs would repeat outputs
+        with pytest.raises(ValueError, match="--num_samples 6 is more than the 5 input image"):
+            main([*base, "--num_samples", "6"])
+        with pytest.raises(ValueError, match="--image is required: SuperResolutionPipeline"):
+            main(["--pipeline", saved_pipeline(kind), *FAST])
+
+
+def test_cli_refuses_abbreviated_and_inapplicable_flags(tiny_ddpm_dir):
+    from custom_pipelines.evaluation.cli import parse_args
+
+    for abbreviated in ("--num_sampl", "--prom", "--class_label"):
+        with pytest.raises(SystemExit):
+            parse_args(["--pipeline", "x", abbreviated, "3"])
+    with pytest.raises(ValueError, match="--strength must be in"):
+        parse_args(["--pipeline", "x", "--strength", "2"])
+    with pytest.raises(ValueError, match="--image does not apply to DDPMPipeline"):
+        main(["--pipeline", str(tiny_ddpm_dir), "--image", str(tiny_ddpm_dir / "model_index.json"), "--device", "cpu"])
