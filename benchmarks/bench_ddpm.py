@@ -111,7 +111,9 @@ def main(argv=None):
     if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2":
         # emulating the AVX2 kind: inductor's own generated kernels must not use AVX-512 either
         inductor_config.cpp.simdlen = 256
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="ddpm-digits-16")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)

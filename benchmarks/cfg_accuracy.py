@@ -38,7 +38,9 @@ TRAIN_TIME_FILE = "bench_train_time.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run_dir", default="runs/cfg-bench")
     parser.add_argument("--results_dir", default="benchmarks/results")
     parser.add_argument("--skip_training", action="store_true")

@@ -133,7 +133,9 @@ def batch_of(unet_config: dict, batch_size: int) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["ddpm-digits-16", "ddpm-cifar10-32"])
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[256, 128], help="one per config")

@@ -14,7 +14,9 @@ import os
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipeline", required=True, help="CycleGANPipeline folder (a train_cyclegan.py output)")
     parser.add_argument("--dataset_name", default="digits-thick", help="the built-in pair it was trained on")
     parser.add_argument("--resolution", type=int, default=None, help="default: the run's training_recipe.json")

@@ -63,7 +63,9 @@ SCHEDULERS = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipeline", default="runs/ddpm-digits")
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--nfe", type=int, nargs="+", default=[4, 6, 8, 10, 15, 20, 50])

@@ -79,7 +79,9 @@ DEFAULT_RUNS = ("stylegan", "progan", "dcgan_wgan_gp", "dcgan_wgan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=sorted(RUNS))
     parser.add_argument("--time_budget_s", type=float, default=300.0, help="CPU seconds of training loop per run")
     parser.add_argument("--train_batch_size", type=int, default=32)

@@ -16,7 +16,9 @@ STRENGTHS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipeline", required=True, help="a pixel pipeline folder (train_ddpm.py / train_cfg.py)")
     parser.add_argument("--num_images", type=int, default=64, help="input digits")
     parser.add_argument("--num_inference_steps", type=int, default=50)

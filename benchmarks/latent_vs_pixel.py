@@ -29,7 +29,9 @@ RECIPE = [
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vae", required=True, help="a train_vae.py output folder (f=4 for 32×32 digits)")
     parser.add_argument("--time_budget_s", type=float, default=240.0, help="training wall-clock of each run")
     parser.add_argument("--num_samples", type=int, default=500)

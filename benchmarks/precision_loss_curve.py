@@ -43,7 +43,9 @@ WINDOWS = ((1, 100), (101, 500), (501, 1000), (1001, 1500))
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run_dir", default="runs/precision-bench")
     parser.add_argument("--max_train_steps", type=int, default=1500)
     parser.add_argument("--num_samples", type=int, default=1000)

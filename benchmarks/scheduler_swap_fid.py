@@ -29,7 +29,9 @@ SCHEDULERS = [
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipeline", default="runs/ddpm-digits")
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--num_inference_steps", type=int, default=20)

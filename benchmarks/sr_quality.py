@@ -16,7 +16,9 @@ import os
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--srresnet", required=True, help="SuperResolutionPipeline folder of the SRResNet stage")
     parser.add_argument("--srgan", default=None, help="SuperResolutionPipeline folder of the SRGAN stage")
     parser.add_argument("--output_dir", default="benchmarks/results")

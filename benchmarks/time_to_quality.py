@@ -151,7 +151,9 @@ def estimate_step_seconds(name, recipe, config, data, seed) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipes", nargs="+", default=["stock", "ours"], choices=sorted(RECIPES))
     parser.add_argument("--budget_s", type=float, default=240.0, help="training seconds per recipe")
     parser.add_argument("--snapshots", type=int, default=6, help="EMA snapshots per run, evenly spaced in time")

@@ -15,7 +15,9 @@ import time
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", nargs="+", required=True, help="train_vae.py output folders")
     parser.add_argument("--output_dir", default="benchmarks/results")
     parser.add_argument("--strip_images", type=int, default=8, help="held-out images shown per strip")

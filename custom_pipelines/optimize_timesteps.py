@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+import types
 
 from custom_pipelines.cli import add_fast_sampling_args, console_entry, default_device, parse_class_labels
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m custom_pipelines.optimize_timesteps", description=__doc__.split("\n")[0]
+        prog="python -m custom_pipelines.optimize_timesteps", allow_abbrev=False, description=__doc__.split("\n")[0]
     )
     parser.add_argument("--pipeline", required=True, help="pipeline folder or Hub repo id (load_pipeline)")
     parser.add_argument("--num_inference_steps", type=int, nargs="+", required=True, help="step counts K")
@@ -83,6 +85,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 cli = console_entry(main)  # a user error prints one line and exits 1
+
+
+class _CommandAndFunction(types.ModuleType):
+    """`custom_pipelines.optimize_timesteps` names both this command's module and the public function
+    (`custom_pipelines.pipelines.timestep_search.optimize_timesteps`). Once anything imports the module (the
+    console script, a test of its parser), Python binds the package attribute to the module, and
+    `from custom_pipelines import optimize_timesteps` would give a module that cannot be called: calling this
+    module calls the function, so both spellings keep working."""
+
+    def __call__(self, *args, **kwargs):
+        from custom_pipelines.pipelines.timestep_search import optimize_timesteps
+
+        return optimize_timesteps(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CommandAndFunction
 
 
 if __name__ == "__main__":

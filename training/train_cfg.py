@@ -30,7 +30,9 @@ UNET_CLASS_NAMES = ("UNet2DModel", "ClassConcatUNet2DModel")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=DEFAULT_LEARNING_RATE)
     cfg = parser.add_argument_group("classifier-free guidance")
     cfg.add_argument("--model_config", default="cfg-digits-16", help="hub_configs variant, folder or Hub repo id")

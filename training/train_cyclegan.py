@@ -33,7 +33,9 @@ EVAL_BATCH = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=2e-4)
     # junyanz defaults: Adam(2e-4, β1 0.5), batch 1, constant lr then linear decay to 0 over the second half
     parser.set_defaults(adam_beta1=0.5, adam_beta2=0.999, max_grad_norm=0.0, lr_warmup_steps=0, train_batch_size=1)

@@ -20,7 +20,9 @@ from custom_pipelines.training.diffusion import add_diffusion_args, validate_dif
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=2e-4)
     ddpm = parser.add_argument_group("DDPM")
     ddpm.add_argument("--model_config", default="ddpm-digits-16", help="hub_configs variant, folder or Hub repo id")

@@ -72,7 +72,9 @@ FAMILIES = {
 
 def build_parser() -> argparse.ArgumentParser:
     # default learning rate and Adam betas without a recipe: Radford et al. 2016's (DCGAN)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=2e-4)
     # GAN defaults: no gradient clipping, no warm-up, faster EMA
     parser.set_defaults(adam_beta1=0.5, adam_beta2=0.999, max_grad_norm=0.0, lr_warmup_steps=0)

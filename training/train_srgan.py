@@ -51,7 +51,9 @@ EXAMPLE_SETUP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=1e-4)  # Ledig et al. 2017: Adam, lr 1e-4
     parser.set_defaults(train_batch_size=16, resolution=96, lr_scheduler="constant", lr_warmup_steps=0)
     parser.set_defaults(max_grad_norm=0.0, ema_max_decay=0.999, num_validation_images=4, validation_steps=250)

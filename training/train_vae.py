@@ -46,7 +46,9 @@ VAE_CONFIG = "config.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_args(parser, default_learning_rate=DEFAULT_LEARNING_RATE)
     # the latent-diffusion autoencoder's Adam betas (0.5, 0.9); no EMA unless asked for
     parser.set_defaults(adam_beta1=0.5, adam_beta2=0.9, use_ema=False)
