@@ -1,10 +1,12 @@
 """Every shell command in README.md and docs/ parses with its script's own parser: the flags exist, the required
-ones are given, the values pass the scripts' checks. Commands with a `...` placeholder are skipped; files a
-command reads that an earlier documented command writes (a run folder, a timesteps JSON) may be missing."""
+ones are given, the values pass the scripts' checks (`python -c` code must compile). Commands with a `...`
+placeholder are skipped; files a command reads that an earlier documented command writes (a run folder, a
+timesteps JSON) may be missing."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -20,6 +22,8 @@ PARSERS = {  # how a command names its entry point → the module whose parse_ar
     **{f"training.{s}": f"training.{s}" for s in SCRIPTS},
     "custom_pipelines.evaluate": "custom_pipelines.evaluation.cli",
     "custom_pipelines.optimize_timesteps": "custom_pipelines.optimize_timesteps",
+    "custom_pipelines.hub.push": "custom_pipelines.hub.push",
+    "tests.hub.hub_server": "tests.hub.hub_server",  # the local Hub of docs/hub.md
     # an installed wheel's names for the same scripts
     **{f"custom_pipelines.scripts.{s}": f"training.{s}" for s in SCRIPTS},
 }
@@ -57,6 +61,8 @@ def documented_commands() -> list[tuple[str, str]]:
 def entry_point(command: str) -> tuple[str | None, list[str]]:
     """(entry point, its argv) of a shell command; None for commands that name no Python entry of ours."""
     tokens = [t for t in shlex.split(command.replace("\\|", "|")) if not re.match(r"^[A-Z_]+=", t)]
+    if tokens[-1] == "&":  # started in the background
+        tokens = tokens[:-1]
     if tokens[:2] == ["accelerate", "launch"]:
         from accelerate.commands.launch import launch_command_parser
 
@@ -88,6 +94,9 @@ def test_documented_command_parses(where, command):
         for target in [a for a in argv[1:] if "=" not in a]:
             assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"{where}: no make target {target}"
         return
+    if script == "-c":  # python -c "...": the code must at least compile
+        compile(argv[0], f"{where}: python -c", "exec")
+        return
     if script.startswith("benchmarks/"):
         assert (ROOT / script).is_file(), f"{where}: {script} does not exist"
         return
@@ -100,3 +109,33 @@ def test_documented_command_parses(where, command):
     except ValueError as err:
         if not any(reason in str(err) for reason in LATER_FILES):
             pytest.fail(f"{where}: `{command}` is rejected: {err}")
+
+
+def make_output_dirs() -> dict[str, str]:
+    """`--output_dir` of every training command in the Makefile (its variables substituted) → the target."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    variables = dict(re.findall(r"^(\w+)\s*\?=\s*(\S+)", makefile, flags=re.M))
+    found, target = {}, None
+    for line in makefile.replace("\\\n", " ").splitlines():
+        if match := re.match(r"^([\w-]+):", line):
+            target = match.group(1)
+        for folder in re.findall(r"--output_dir (\S+)", line) if "training/train_" in line else []:
+            found.setdefault(re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], folder), target)
+    return found
+
+
+def test_training_commands_write_their_own_folders():
+    """A training run refuses a folder that holds another run: no two documented training commands, and no
+    documented command and make target, may share an --output_dir."""
+    taken = {folder: f"make {target}" for folder, target in make_output_dirs().items()}
+    assert "runs/ddpm-digits" in taken and "runs/vae-digits-32" in taken, taken
+    clashes = []
+    for where, command in COMMANDS:
+        script, argv = entry_point(command)
+        if script is None or not re.search(r"train[_-]", script) or "--output_dir" not in argv:
+            continue
+        folder = os.path.normpath(argv[argv.index("--output_dir") + 1])
+        if folder in taken:
+            clashes.append(f"{where}: `{command}` writes {folder}, as {taken[folder]} does")
+        taken.setdefault(folder, f"{where}: `{command}`")
+    assert not clashes, "\n".join(clashes)

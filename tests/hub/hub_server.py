@@ -414,3 +414,28 @@ class TestHubServer(ThreadingHTTPServer):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def parse_args(argv: list[str] | None = None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False,
+        description="A local Hub on 127.0.0.1 for trying pushes and pulls without an account (docs/hub.md). Point "
+        "huggingface_hub at it with HF_ENDPOINT=http://127.0.0.1:PORT HF_HUB_DISABLE_XET=1.",
+    )
+    parser.add_argument("--root", required=True, help="folder for the repos (bare git repositories) and LFS files")
+    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free one)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # python -m tests.hub.hub_server --root DIR --port N (from the repository root)
+    args = parse_args()
+    server = TestHubServer(os.path.abspath(args.root), args.port)
+    print(f"local hub: {server.endpoint} (repos under {os.path.abspath(args.root)}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
