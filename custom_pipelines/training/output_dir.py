@@ -107,8 +107,12 @@ def plan_output_dir(
     if resume_requested and not finished:
         return OutputDirPlan("clear", None, "no checkpoint yet: the earlier attempt's files are replaced")
     shown = ", ".join(entries[:5]) + (f", … ({len(entries)} entries)" if len(entries) > 5 else "")
-    what = "a finished run with no checkpoint to resume from" if finished else "files of another run"
-    hint = "" if finished else "pass --resume_from_checkpoint latest to continue the run there, "
+    if resume_requested:  # finished, and nothing to resume from
+        what, hint = "a finished run with no checkpoint to resume from", ""
+    else:
+        what = "a finished run" if finished else "files of another run"
+        has_checkpoints = any(name.startswith("checkpoint-") for name in ours)
+        hint = "pass --resume_from_checkpoint latest to continue that run, " if has_checkpoints else ""
     raise ValueError(
         f"--output_dir {output_dir!r} already holds {what} ({shown}): {hint}pass --overwrite_output_dir to "
         "replace it, or choose another folder"
@@ -136,7 +140,7 @@ def clear_run(output_dir: str) -> None:
         else:
             os.remove(path)
     if ours:
-        logger.info(f"{output_dir}: removed the earlier run's {', '.join(ours)}")
+        logger.warning(f"{output_dir}: --overwrite_output_dir removed the earlier run's {', '.join(ours)}")
     if other:
         logger.warning(f"{output_dir}: left in place (not written by a training run): {', '.join(other)}")
 

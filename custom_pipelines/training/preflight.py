@@ -12,25 +12,31 @@ from .output_dir import apply_output_dir_plan, check_writable, plan_output_dir
 
 
 def prepare_output_dir(args, resume_from: str | None, state: PartialState) -> None:
-    """Refuse to mix into another run's folder, clear it (`--overwrite_output_dir`) or trim it for a resume
-    (custom_pipelines.training.output_dir), and check it can be written, all before the models are built.
+    """Decide what the run does with its folder (custom_pipelines.training.output_dir): refuse another run's
+    folder now, before the models are built, and check the folder can be written. What the decision changes in the
+    folder (clearing the old run, trimming a resumed one) waits for `apply_output_dir` in the Trainer, once the
+    models and the data have passed their own checks: a run that stops on bad data has deleted nothing.
 
-    Every rank decides (each raises the same error, so none waits at a barrier for a rank that failed); rank 0
-    changes the folder while the others wait."""
+    Every rank decides (each raises the same error, so none waits at a barrier for a rank that failed)."""
     plan = plan_output_dir(
         args.output_dir,
         resume_from,
         resume_requested=bool(getattr(args, "resume_from_checkpoint", None)),
         overwrite=getattr(args, "overwrite_output_dir", False),
     )
-    state.wait_for_everyone()  # every rank has looked before rank 0 changes anything
+    _on_main_process(state, lambda: check_writable(args.output_dir))
+    args.output_dir_plan, args.resume_step = plan, plan.resume_step
 
-    def change_folder() -> None:
-        check_writable(args.output_dir)
-        apply_output_dir_plan(args.output_dir, plan)
 
-    _on_main_process(state, change_folder)
-    args.resume_step = plan.resume_step
+def apply_output_dir(args) -> None:
+    """Carry out the plan `prepare_output_dir` made (once): rank 0 changes the folder while the others wait."""
+    plan = getattr(args, "output_dir_plan", None)
+    if plan is None:
+        return
+    state = PartialState()
+    state.wait_for_everyone()  # every rank has read what it needs from the folder before rank 0 changes it
+    _on_main_process(state, lambda: apply_output_dir_plan(args.output_dir, plan))
+    args.output_dir_plan = None
 
 
 def check_push_possible(args, state: PartialState) -> None:

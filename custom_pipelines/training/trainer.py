@@ -44,7 +44,7 @@ from .checkpoint import load_checkpoint, read_checkpoint_state, resolve_checkpoi
 from .compile_check import install_compile_check, is_compiled
 from .data import load_train_dataset, make_dataloader, make_image_dataloader
 from .output_dir import SUMMARY_FILE
-from .preflight import check_push_possible, prepare_output_dir
+from .preflight import apply_output_dir, check_push_possible, prepare_output_dir
 from .reporting import (
     ModelCardInfo,
     append_metrics,
@@ -110,9 +110,9 @@ def create_accelerator(args) -> Accelerator:
     # the process group first (the Accelerator reuses it), so the ranks can agree on the precision it is built with
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **init_kwargs.to_kwargs())  # as accelerate's
     resume_from = resolve_checkpoint(getattr(args, "resume_from_checkpoint", None), args.output_dir)
-    prepare_output_dir(args, resume_from, state)  # refuse or clear another run's folder, trim a resumed one
     if getattr(args, "push_to_hub", False):
         check_push_possible(args, state)  # offline, no token, bad repo id: fail now, not after training
+    prepare_output_dir(args, resume_from, state)  # refuse or clear another run's folder, trim a resumed one
     args.precision = agree_across_ranks(resolve_run_precision(args.mixed_precision, state.device, resume_from))
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -258,6 +258,7 @@ class Trainer:
         }
         self.frozen = {name: _freeze(m, accelerator.device, self.compute_dtype) for name, m in frozen.items()}
         self.emas = {name: self._ema(name) for name in (ema_models if args.use_ema else ())}
+        apply_output_dir(args)  # everything is checked: now clear the old run or trim the resumed one
         self.global_step = 0
         self.nonfinite_in_a_row = 0
         if args.report_to != "none":

@@ -38,7 +38,8 @@ def fake_old_run(folder) -> None:
 def test_a_fresh_run_into_a_run_folder_is_refused_and_the_folder_is_untouched(tmp_path):
     fake_old_run(tmp_path)
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(ValueError, match=r"already holds a finished run .*--overwrite_output_dir.*another folder"):
+    match = r"already holds a finished run \(.*\): pass --resume_from_checkpoint latest to continue that run, pass "
+    with pytest.raises(ValueError, match=match + "--overwrite_output_dir to replace it, or choose another folder"):
         make_trainer(parse(tmp_path, "--max_train_steps", "3"), [])
     assert sorted(os.listdir(tmp_path)) == before
     assert steps_logged(tmp_path) == [10, 1500]
@@ -46,7 +47,7 @@ def test_a_fresh_run_into_a_run_folder_is_refused_and_the_folder_is_untouched(tm
 
 def test_a_folder_of_other_files_is_refused_too(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=r"already holds files of another run \(notes.txt\).*resume_from_checkpoint"):
+    with pytest.raises(ValueError, match=r"already holds files of another run \(notes.txt\): pass --overwrite_output"):
         make_trainer(parse(tmp_path, "--max_train_steps", "3"), [])
 
 
@@ -169,6 +170,20 @@ def test_colour_images_into_the_grey_default_ddpm_are_refused_before_training(tm
     assert not (out / "metrics.jsonl").exists() and not (out / "model_index.json").exists()
 
 
+def test_a_run_that_stops_on_bad_data_deletes_nothing_even_with_overwrite(tmp_path):
+    from training import train_ddpm
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fake_old_run(out)
+    before = sorted(os.listdir(out))
+    argv = ["--train_data_dir", write_images(tmp_path / "rgb", colour=True), "--resolution", "8", "--output_dir",
+            str(out), "--max_train_steps", "2", "--model_config", "ddpm-tiny-8", "--overwrite_output_dir"]  # fmt: skip
+    with pytest.raises(ValueError, match="in colour"):
+        train_ddpm.main(train_ddpm.parse_args(argv))
+    assert sorted(os.listdir(out)) == before  # the old run is cleared only once every check has passed
+
+
 def test_grey_images_in_rgb_files_train_a_grey_model(tmp_path):
     from custom_pipelines.training.data import check_image_channels
 
@@ -206,10 +221,10 @@ def test_push_to_hub_in_offline_mode_fails_before_the_first_step(monkeypatch, tm
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    args = parse(tmp_path, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "user/tiny")
+    args = parse(tmp_path / "run", "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "user/tiny")
     with pytest.raises(ValueError, match=r"--push_to_hub: huggingface_hub is in offline mode"):
         make_trainer(args, [])
-    assert not (tmp_path / "metrics.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # nothing written: the folder is not even made
 
 
 def test_a_failed_push_keeps_the_saved_run_and_says_how_to_push_later(monkeypatch, tmp_path):
