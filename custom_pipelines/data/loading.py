@@ -92,6 +92,14 @@ def filter_classes(dataset, label_column: str, class_filter: Sequence[int]):
     return kept
 
 
+def item_generator(seed: int, epoch: int, index: int, num_items: int) -> torch.Generator:
+    """The generator of item `index` of a `num_items`-item dataset in `epoch`: all of an item's randomness (crop,
+    flip, a partner draw) comes from it, so an item is the same whichever process or dataloader worker reads it, in
+    whatever order, and after a resume; it differs between epochs and seeds."""
+    key = (int(seed) * 1_000_003 + int(epoch)) * (int(num_items) + 1) + int(index)
+    return torch.Generator().manual_seed(key % (2**63))
+
+
 class ImageTransform:
     """PIL image → float tensor [C, H, W] in [-1, 1]: resize the short side, crop square, optional random h-flip.
 

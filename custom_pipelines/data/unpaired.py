@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .loading import ImageTransform
+from .loading import ImageTransform, item_generator
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
 TRAIN_A, TRAIN_B, TEST_A, TEST_B = "trainA", "trainB", "testA", "testB"  # junyanz's folder names
@@ -281,8 +281,7 @@ class UnpairedDataset(torch.utils.data.Dataset):
 
     def item_generator(self, index: int) -> torch.Generator:
         """The generator of item `index` in the current epoch: the same in every process and after a resume."""
-        key = (self.seed * 1_000_003 + self.epoch) * (len(self.domain_a) + 1) + int(index)
-        return torch.Generator().manual_seed(key % (2**63))
+        return item_generator(self.seed, self.epoch, index, len(self.domain_a))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = self.item_generator(index)

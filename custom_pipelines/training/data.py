@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
+from accelerate.utils import parse_flag_from_env
 
 from custom_pipelines.data import ImageTransform, filter_classes, load_image_dataset
+from custom_pipelines.data.loading import item_generator
 
 
 def load_train_dataset(args, resolution: int):
@@ -38,9 +41,24 @@ def make_dataloader(args, dataset, collate_fn: Callable[[list], dict]) -> torch.
         shuffle=True,
         drop_last=len(dataset) >= args.train_batch_size,
         collate_fn=collate_fn,
-        num_workers=args.dataloader_num_workers,
+        num_workers=resolve_num_workers(args.dataloader_num_workers),
+        # workers are made anew each epoch (not persistent), so they hold the dataset after its set_epoch
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"),
         generator=torch.Generator().manual_seed(args.seed),
     )
+
+
+def resolve_num_workers(requested: int | None) -> int:
+    """`--dataloader_num_workers`, or its default: 0 when training on the CPU (benchmarks/dataloader_workers.py: on 2
+    cores the data path reads ≈ 2000 64×64 PNGs/s in-process, far more than a CPU step consumes, and workers only
+    take cores from the model), else min(4, CPU cores per local process − 1), so a GPU is not fed by one core."""
+    if requested is not None:
+        return requested
+    if parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available():
+        return 0
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(4, (os.cpu_count() or 1) // local_processes - 1))
 
 
 # A dataset whose transformed tensors fit in this many bytes is transformed once and kept in memory (per process).
@@ -50,29 +68,15 @@ IMAGE_CACHE_BYTES = 256 * 2**20
 def make_image_dataloader(args, dataset, resolution: int, channels: int) -> torch.utils.data.DataLoader:
     """An image dataset (+ labels when it has `--label_column`) → batches of `pixel_values` in [-1, 1].
 
-    With a center crop (no random crop) the resize + crop + scaling is the same every time an image is read, so a
-    small dataset read more than once is transformed once (`TransformedImages`); only the random flip is drawn per
-    read. The batches are the same tensors either way."""
+    Item i's random crop and flip come from its own generator, seeded by (--seed, epoch, i), so the batches are the
+    same with any `--dataloader_num_workers` and after a resume. With a center crop (no random crop) the resize +
+    crop + scaling is the same every time an image is read, so a small dataset read more than once is transformed
+    once (`TransformedImages`); only the flip is drawn per read. The batches are the same tensors either way."""
     check_image_channels(args, dataset, channels)
-    transform = ImageTransform(
-        resolution,
-        channels,
-        center_crop=args.center_crop,
-        random_flip=args.random_flip,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    has_labels = args.label_column in dataset.column_names
-    if _worth_caching(args, dataset, resolution, channels):
-        labels = args.label_column if has_labels else None
-        return make_dataloader(args, TransformedImages(dataset, transform, args.image_column, labels), _collate)
-
-    def to_tensors(rows: dict) -> dict:
-        out = {"pixel_values": [transform(image) for image in rows[args.image_column]]}
-        if has_labels:
-            out["labels"] = rows[args.label_column]
-        return out
-
-    return make_dataloader(args, dataset.with_transform(to_tensors), _collate)
+    transform = ImageTransform(resolution, channels, center_crop=args.center_crop, random_flip=args.random_flip)
+    labels = args.label_column if args.label_column in dataset.column_names else None
+    items_class = TransformedImages if _worth_caching(args, dataset, resolution, channels) else ImageItems
+    return make_dataloader(args, items_class(dataset, transform, args.image_column, labels, args.seed), _collate)
 
 
 # how many images decide whether a dataset is in colour (read from the start of the dataset)
@@ -136,23 +140,53 @@ def _worth_caching(args, dataset, resolution: int, channels: int) -> bool:
     return args.max_train_steps * args.train_batch_size * args.gradient_accumulation_steps > len(dataset)
 
 
-class TransformedImages(torch.utils.data.Dataset):
-    """The images of `dataset` resized, cropped and scaled once, held as one tensor; `transform`'s random flip (if
-    on) is still drawn at each read, from its generator, in the order the examples are read, as it would be on
-    the fly. For a small dataset trained over many epochs (the built-in digits: 1797 × 1×16×16) a read is then an
-    index instead of a PNG decode and a resize (≈ 8 ms of a 170 ms digits step on 2 CPU cores)."""
+class ImageItems(torch.utils.data.Dataset):
+    """The images of `dataset` (+ labels) as `{"pixel_values": [C, H, W] in [-1, 1], "labels": int}`, transformed
+    at each read. Item `index`'s randomness (random crop, flip) is drawn from `item_generator(seed, epoch, index)`,
+    not from a generator shared by the reads: a dataloader worker holds a copy of the dataset, so a shared generator
+    would replay the same draws in every worker, and the batches would depend on the number of workers. The
+    trainer calls `set_epoch` before each epoch (a new worker copy is made per epoch: workers are not persistent)."""
 
-    def __init__(self, dataset, transform: ImageTransform, image_column: str, label_column: str | None):
-        self.transform = transform
+    def __init__(self, dataset, transform: ImageTransform, image_column: str, label_column: str | None, seed: int = 0):
+        self.dataset, self.transform, self.image_column, self.seed, self.epoch = (
+            dataset,
+            transform,
+            image_column,
+            seed,
+            0,
+        )
+        self.labels = list(dataset[label_column]) if label_column else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def pixels(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        return self.transform(self.dataset[index][self.image_column], generator)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"pixel_values": self.pixels(index, item_generator(self.seed, self.epoch, index, len(self)))}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+class TransformedImages(ImageItems):
+    """`ImageItems` of a center-cropped dataset, resized, cropped and scaled once and held as one tensor; only the
+    flip (if on) is drawn at each read, from the item's generator as on the fly. For a small dataset trained over
+    many epochs (the built-in digits: 1797 × 1×16×16) a read is then an index instead of a PNG decode and a resize
+    (≈ 8 ms of a 170 ms digits step on 2 CPU cores)."""
+
+    def __init__(self, dataset, transform: ImageTransform, image_column: str, label_column: str | None, seed: int = 0):
+        super().__init__(dataset, transform, image_column, label_column, seed)
         images = (dataset[i][image_column] for i in range(len(dataset)))  # one decoded image at a time
         self.pixel_values = torch.stack([transform.resize_and_crop(image) for image in images])
-        self.labels = list(dataset[label_column]) if label_column else None
+        self.dataset = None  # the tensors are all that is read from now on
 
     def __len__(self) -> int:
         return len(self.pixel_values)
 
-    def __getitem__(self, index: int) -> dict:
-        item = {"pixel_values": self.transform.maybe_flip(self.pixel_values[index])}
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
-        return item
+    def pixels(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        return self.transform.maybe_flip(self.pixel_values[index], generator)
