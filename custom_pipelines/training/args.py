@@ -31,6 +31,20 @@ def add_common_args(
     )
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_data_dir", default=None, help="a folder of images (imagefolder layout)")
+    data.add_argument(
+        "--train_shards",
+        default=None,
+        help="webdataset .tar (or .parquet) shards, streamed: a brace range 'dir/train-{00000..00099}.tar' or a glob",
+    )
+    data.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read --dataset_name / --train_data_dir as a stream (never whole in memory, no Arrow copy on disk); "
+        "needs --max_train_steps",
+    )
+    data.add_argument(
+        "--shuffle_buffer_size", type=int, default=1000, help="streaming: examples in the seeded shuffle buffer"
+    )
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default="label")
     data.add_argument("--cache_dir", default=None)
@@ -147,8 +161,18 @@ def _positive(args, *names: str, allow_none: bool = False) -> None:
 
 def validate_common_args(args: argparse.Namespace) -> None:
     """Raise a ValueError naming the flag for every bad value, before any model or process is set up."""
-    if (args.dataset_name is None) == (args.train_data_dir is None):
-        raise ValueError("give exactly one of --dataset_name and --train_data_dir")
+    sources = [args.dataset_name, args.train_data_dir, getattr(args, "train_shards", None)]
+    if sum(source is not None for source in sources) != 1:
+        raise ValueError("give exactly one of --dataset_name, --train_data_dir and --train_shards")
+    if getattr(args, "train_shards", None) is not None:
+        args.streaming = True  # shards are always streamed
+    if getattr(args, "streaming", False):
+        if args.max_train_steps is None:
+            raise ValueError("--streaming needs --max_train_steps: a stream has no length to count epochs by")
+        if args.shuffle_buffer_size < 0:
+            raise ValueError(
+                f"--shuffle_buffer_size must be >= 0 (0: the stream's order), got {args.shuffle_buffer_size}"
+            )
     _positive(args, "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps")
     _positive(args, "logging_steps", "num_validation_images", "max_nonfinite_steps")
     _positive(args, "resolution", "max_train_samples", "num_epochs", "max_train_steps", allow_none=True)

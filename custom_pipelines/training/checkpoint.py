@@ -5,6 +5,9 @@ sampler and RNG states) plus ours: `ema/<model>.safetensors` and `trainer_state.
 counters, the script's extra state such as a GAN's growing stage; tensors in it, such as a CycleGAN's image pools, go
 to `extra_state.safetensors`, so nothing in a checkpoint of ours is a pickle). A crash mid-save leaves only
 `.tmp-checkpoint-<step>`, which `latest` never picks.
+
+Under FSDP (`sharded_ema=True`) accelerate writes the models and optimizers as sharded DCP folders and every rank
+writes the EMA of its own shards, `ema/<model>.rank<r>.safetensors`: such a checkpoint resumes on as many ranks.
 """
 
 from __future__ import annotations
@@ -52,20 +55,33 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
     return resume_from_checkpoint
 
 
-def save_ema(ema_models: dict, folder: str) -> dict:
-    """Shadow parameters as safetensors (one file per model); returns the EMA counters for the JSON state."""
+def ema_file(folder: str, name: str, rank: int | None = None) -> str:
+    """The EMA file of model `name`: one per model, or under FSDP one per model and rank (its shards)."""
+    return os.path.join(folder, f"{name}.safetensors" if rank is None else f"{name}.rank{rank}.safetensors")
+
+
+def save_ema(ema_models: dict, folder: str, rank: int | None = None) -> dict:
+    """Shadow parameters as safetensors (one file per model, or per model and `rank`); returns the EMA counters for
+    the JSON state."""
     os.makedirs(folder, exist_ok=True)
     counters = {}
     for name, ema in ema_models.items():
         tensors = {f"{i:05d}": p.detach().to("cpu").contiguous() for i, p in enumerate(ema.shadow_params)}
-        save_file(tensors, os.path.join(folder, f"{name}.safetensors"))
+        save_file(tensors, ema_file(folder, name, rank))
         counters[name] = {"optimization_step": int(ema.optimization_step), "decay": float(ema.decay)}
     return counters
 
 
-def load_ema(ema_models: dict, folder: str, counters: dict) -> None:
+def load_ema(ema_models: dict, folder: str, counters: dict, rank: int | None = None) -> None:
     for name, ema in ema_models.items():
-        tensors = load_file(os.path.join(folder, f"{name}.safetensors"))
+        path = ema_file(folder, name, rank)
+        if not os.path.isfile(path):
+            kind = "an unsharded" if rank is not None else "a sharded (FSDP)"
+            raise ValueError(
+                f"{folder} holds no {os.path.basename(path)}: it is {kind} run's checkpoint or one of another number "
+                "of ranks; resume it the way it was trained (same --use_fsdp and --num_processes)"
+            )
+        tensors = load_file(path)
         if len(tensors) != len(ema.shadow_params):
             raise ValueError(
                 f"EMA checkpoint of {name!r} has {len(tensors)} tensors, the model {len(ema.shadow_params)}"
@@ -99,8 +115,17 @@ def join_tensors(obj, tensors: dict[str, torch.Tensor]):
     return obj
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, state: dict, total_limit: int | None):
-    """Write `checkpoint-<step>` atomically on all ranks' behalf; rotate old ones past `total_limit`."""
+def save_checkpoint(
+    accelerator,
+    output_dir: str,
+    step: int,
+    ema_models: dict,
+    state: dict,
+    total_limit: int | None,
+    sharded_ema: bool = False,
+):
+    """Write `checkpoint-<step>` atomically on all ranks' behalf; rotate old ones past `total_limit`. With
+    `sharded_ema` every rank writes the EMA of its own shards."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
     if accelerator.is_main_process and os.path.isdir(tmp):
@@ -108,6 +133,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, ema_models: dict, s
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(tmp)  # every rank takes part (each saves its own RNG state)
+        if sharded_ema:
+            state = {**state, "ema": save_ema(ema_models, os.path.join(tmp, "ema"), accelerator.process_index)}
         fault_point("checkpoint", step)
         # save_state ends without a barrier: let every rank finish writing into tmp before rank 0 renames it
         accelerator.wait_for_everyone()
@@ -129,7 +156,9 @@ def _finish_checkpoint(tmp, final, output_dir, state, step, ema_models, total_li
     state = split_tensors(state, tensors, "state")
     if tensors:
         save_file(tensors, os.path.join(tmp, EXTRA_TENSORS_FILE))
-    state = {**state, "global_step": step, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
+    if "ema" not in state:  # unsharded: the one copy of the EMA, written by rank 0
+        state = {**state, "ema": save_ema(ema_models, os.path.join(tmp, "ema"))}
+    state = {**state, "global_step": step}
     with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
         json.dump(state, f, indent=2)
     if os.path.isdir(final):
@@ -146,12 +175,14 @@ def read_checkpoint_state(path: str) -> dict:
         return json.load(f)
 
 
-def load_checkpoint(accelerator, path: str, ema_models: dict) -> dict:
-    """Restore accelerate's state and our EMA; return the JSON trainer state."""
+def load_checkpoint(accelerator, path: str, ema_models: dict, sharded_ema: bool = False) -> dict:
+    """Restore accelerate's state and our EMA (each rank its own shards' with `sharded_ema`); return the JSON trainer
+    state."""
     accelerator.load_state(path)
     state = read_checkpoint_state(path)
     tensors_file = os.path.join(path, EXTRA_TENSORS_FILE)
     if os.path.isfile(tensors_file):
         state = join_tensors(state, load_file(tensors_file))
-    load_ema(ema_models, os.path.join(path, "ema"), state.get("ema", {}))
+    rank = accelerator.process_index if sharded_ema else None
+    load_ema(ema_models, os.path.join(path, "ema"), state.get("ema", {}), rank)
     return state

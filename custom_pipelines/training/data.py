@@ -14,6 +14,11 @@ from custom_pipelines.data.loading import item_generator
 
 
 def load_train_dataset(args, resolution: int):
+    if getattr(args, "streaming", False):
+        raise ValueError(
+            "--streaming / --train_shards: this training script reads its data as a map-style dataset, which does not "
+            "stream yet; train_ddpm.py and train_gan.py stream"
+        )
     dataset = load_image_dataset(
         args.dataset_name,
         args.train_data_dir,
@@ -107,7 +112,7 @@ def check_image_channels(args, dataset, channels: int, flag: str = "--model_conf
         model = getattr(args, "pretrained_model_name_or_path", None) or getattr(args, "model_config", None)
     for i in range(min(CHANNEL_PROBE_IMAGES, len(dataset))):
         if has_colour(dataset[i][args.image_column]):
-            source = args.train_data_dir or args.dataset_name
+            source = args.train_data_dir or args.dataset_name or getattr(args, "train_shards", None)
             raise ValueError(
                 f"the training images of {source!r} are in colour (image {i}), but the model ({model}) takes 1 "
                 f"channel, so training would turn them grey: pick a 3-channel {flag}{_rgb_hint(model)}, or convert "
@@ -190,3 +195,43 @@ class TransformedImages(ImageItems):
 
     def pixels(self, index: int, generator: torch.Generator) -> torch.Tensor:
         return self.transform.maybe_flip(self.pixel_values[index], generator)
+
+
+def make_streaming_dataloader(args, resolution: int, channels: int):
+    """`--streaming` / `--train_shards` images → (the rank's `StreamingExamples`, a DataLoader over them).
+
+    The loader is not prepared by accelerate: datasets already gave this rank its share, and accelerate would split
+    it again. Full batches only, so every rank's step has the same batch size."""
+    from accelerate import PartialState
+
+    from .streaming import decode_image, load_stream, streaming_image_items
+
+    stream = load_stream(args)
+    if args.class_filter:
+        keep, column = set(args.class_filter), args.label_column
+        stream = stream.filter(lambda example: example[column] in keep)
+    if args.max_train_samples is not None:
+        stream = stream.take(args.max_train_samples)
+    probe = [{args.image_column: decode_image(e[args.image_column])} for e in stream.take(CHANNEL_PROBE_IMAGES)]
+    if not probe:
+        raise ValueError(
+            f"the training stream {args.train_shards or args.dataset_name or args.train_data_dir!r} is empty"
+        )
+    check_image_channels(args, probe, channels)
+    transform = ImageTransform(resolution, channels, center_crop=args.center_crop, random_flip=args.random_flip)
+    state, workers = PartialState(), resolve_num_workers(args.dataloader_num_workers)
+    items = streaming_image_items(
+        args, stream, transform, rank=state.process_index, world_size=state.num_processes, num_workers=workers
+    )
+    loader = torch.utils.data.DataLoader(
+        items,
+        batch_size=args.train_batch_size,
+        drop_last=True,
+        collate_fn=_collate,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"),
+        # its own generator: every `iter(loader)` draws a base seed, which would otherwise come from the global RNG
+        # that the training noise draws from, and a resumed run starts one more iterator than the straight one
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    return items, loader

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,6 +30,7 @@ from accelerate.utils import (
     ProjectConfiguration,
     gather_object,
     parse_flag_from_env,
+    send_to_device,
     set_seed,
 )
 from diffusers.optimization import get_scheduler
@@ -40,9 +43,10 @@ from custom_pipelines.io import save_image, write_json
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 
+from . import fsdp
 from .checkpoint import load_checkpoint, read_checkpoint_state, resolve_checkpoint, save_checkpoint
 from .compile_check import install_compile_check, is_compiled
-from .data import load_train_dataset, make_dataloader, make_image_dataloader
+from .data import load_train_dataset, make_dataloader, make_image_dataloader, make_streaming_dataloader
 from .output_dir import SUMMARY_FILE
 from .preflight import apply_output_dir, check_push_possible, prepare_output_dir
 from .reporting import (
@@ -124,6 +128,7 @@ def create_accelerator(args) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[init_kwargs],
     )
+    fsdp.enable_fsdp(accelerator)  # --use_fsdp: sharded for real (accelerate drops it on CPU) or refused, never DDP
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise; DDP syncs the initial weights
     logger.info(
@@ -142,7 +147,8 @@ def adamw(params: Iterable[torch.nn.Parameter], args, lr: float | None = None, b
 
     Fused is several times faster than `foreach=True`, which on CPU loops over the parameters one kernel at a time
     (docs/performance.md); elsewhere it falls back to `foreach`."""
-    fused = PartialState().device.type in FUSED_ADAMW_DEVICES
+    # fused kernels take no DTensor (FSDP's sharded parameters); foreach does
+    fused = PartialState().device.type in FUSED_ADAMW_DEVICES and not fsdp.fsdp_requested()
     return torch.optim.AdamW(
         params,
         lr=lr if lr is not None else args.learning_rate,
@@ -245,12 +251,26 @@ class Trainer:
         if getattr(args, "eval_fid_every", 0) and build_pipeline is None:
             raise ValueError(f"--eval_fid_every is not supported by the {family} script (it gives no build_pipeline)")
         self._eval_reference = None
+        self._full_models: dict[str, torch.nn.Module] = {}  # FSDP: unsharded copies while sampling or saving
         self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             accelerator.mixed_precision, torch.float32
         )
         self._set_attention(models)  # before prepare, so that a compiled model traces the chosen attention
+        # a stream is split across ranks by datasets (never by accelerate) and has no length: its epoch and the
+        # batches read in it are counted here, per rank, and kept in checkpoints (exact resume)
+        self.streaming = bool(getattr(args, "streaming", False))
+        self.data_position = {"epoch": 0, "batches": 0}
         self._prepare(models, optimizers, self._dataloader(dataset, collate_fn, resolution, image_channels))
-        self.updates_per_epoch = _updates_per_epoch(len(self.dataloader), args.gradient_accumulation_steps)
+        if not self.streaming and len(self.dataloader) == 0:  # each process's share holds no full batch
+            n = accelerator.num_processes
+            raise ValueError(
+                f"--train_batch_size {args.train_batch_size} × {n} process(es) needs at least "
+                f"{args.train_batch_size * n} training examples, the dataset has {len(self.dataset)}: lower "
+                "--train_batch_size (it is per process)"
+            )
+        self.updates_per_epoch = (
+            None if self.streaming else _updates_per_epoch(len(self.dataloader), args.gradient_accumulation_steps)
+        )
         self.max_train_steps = args.max_train_steps or args.num_epochs * self.updates_per_epoch
         self.optimizer_step_every = {name: (optimizer_step_every or {}).get(name, 1) for name in optimizers}
         self.lr_schedulers = {
@@ -267,6 +287,14 @@ class Trainer:
             accelerator.init_trackers(f"train_{family}", config=_scalar_config(args), init_kwargs=init_kwargs)
 
     def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int):
+        if self.streaming:
+            if dataset is not None or collate_fn is not None:
+                raise ValueError(
+                    f"--streaming / --train_shards: the {self.family} script reads its own dataset, which does not "
+                    "stream yet; train_ddpm.py and train_gan.py stream"
+                )
+            self.dataset, loader = make_streaming_dataloader(self.args, resolution, image_channels)
+            return loader
         self.dataset = dataset if dataset is not None else load_train_dataset(self.args, resolution)
         if collate_fn is not None:
             return make_dataloader(self.args, self.dataset, collate_fn)
@@ -297,10 +325,15 @@ class Trainer:
 
     def _prepare(self, models, optimizers, dataloader) -> None:
         acc, names_m, names_o = self.accelerator, list(models), list(optimizers)
-        prepared = acc.prepare(*models.values(), *optimizers.values(), dataloader)
-        self.models = dict(zip(names_m, prepared[: len(names_m)]))
-        self.optimizers = dict(zip(names_o, prepared[len(names_m) : -1]))
-        self.dataloader = prepared[-1]  # sharded: its length is the batches of one process
+        to_prepare = None if self.streaming else dataloader  # a stream is already this rank's share
+        if fsdp.is_sharded(acc):
+            self.models, self.optimizers, prepared_loader = fsdp.prepare_sharded(acc, models, optimizers, to_prepare)
+        else:
+            prepared = acc.prepare(*models.values(), *optimizers.values(), *([to_prepare] if to_prepare else []))
+            self.models = dict(zip(names_m, prepared[: len(names_m)]))
+            self.optimizers = dict(zip(names_o, prepared[len(names_m) : len(names_m) + len(names_o)]))
+            prepared_loader = prepared[-1] if to_prepare else None
+        self.dataloader = dataloader if self.streaming else prepared_loader  # sharded: the batches of one process
         if getattr(self.args, "compile_check", "on") == "on":
             for name, model in self.models.items():
                 if acc.num_processes == 1:
@@ -311,7 +344,7 @@ class Trainer:
     def _ema(self, name: str) -> EMAModel:
         args = self.args
         return EMAModel(
-            self.unwrap(name).parameters(),
+            self._ema_parameters(name),
             decay=args.ema_max_decay,
             use_ema_warmup=True,
             inv_gamma=args.ema_inv_gamma,
@@ -325,7 +358,15 @@ class Trainer:
         return self.accelerator.device
 
     def unwrap(self, name: str) -> torch.nn.Module:
+        if name in self._full_models:  # FSDP, inside `sampling_weights`: the gathered, unsharded copy
+            return self._full_models[name]
         return self.accelerator.unwrap_model(self.models[name])
+
+    def _ema_parameters(self, name: str) -> list[torch.Tensor]:
+        """What the EMA of `name` averages: its parameters, or under FSDP this rank's shards of them."""
+        if fsdp.is_sharded(self.accelerator):
+            return fsdp.local_parameters(self.models[name])
+        return list(self.unwrap(name).parameters())
 
     def backward_and_step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """Backward `loss`, clip `name`'s gradients, step its optimizer and lr schedule, zero its gradients.
@@ -349,10 +390,12 @@ class Trainer:
         A NaN/inf update is skipped with a warning; `--max_nonfinite_steps` of them in a row stop the run (the
         weights, the checkpoints and the saved pipeline stay those of the last finite update). A gradient tensor
         whose norm overflows float32 (elements beyond ~1e19) counts as non-finite too: clipping would zero it."""
-        grads = [p.grad for p in self.models[name].parameters() if p.grad is not None]
+        grads = [fsdp.local_tensor(p.grad) for p in self.models[name].parameters() if p.grad is not None]
         # one norm per tensor in a single foreach kernel (a NaN/inf element makes its norm NaN/inf), instead of an
         # isfinite + all per tensor: 0.5 ms instead of 3.6 for the digits UNet's 182 tensors on a 2-core CPU
         finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+        if fsdp.is_sharded(self.accelerator):  # each rank checked its own shards: skip together
+            finite = not fsdp.any_rank(self.accelerator, not finite)
         if finite:
             self.nonfinite_in_a_row = 0
             return True
@@ -375,20 +418,36 @@ class Trainer:
     def ema_weights(self):
         """Temporarily swap the EMA weights into the models (for validation and the saved pipeline)."""
         for name, ema in self.emas.items():
-            ema.store(self.unwrap(name).parameters())
-            ema.copy_to(self.unwrap(name).parameters())
+            ema.store(self._ema_parameters(name))
+            ema.copy_to(self._ema_parameters(name))
         try:
             yield
         finally:
             for name, ema in self.emas.items():
-                ema.restore(self.unwrap(name).parameters())
+                ema.restore(self._ema_parameters(name))
+
+    @contextlib.contextmanager
+    def sampling_weights(self):
+        """The EMA weights in `unwrap(name)` on the main process: swapped in place, or under FSDP gathered into
+        unsharded copies (then every rank must enter: the gather is a collective)."""
+        if not fsdp.is_sharded(self.accelerator):
+            with self.ema_weights() if self.accelerator.is_main_process else contextlib.nullcontext():
+                yield
+            return
+        with self.ema_weights():
+            self._full_models = fsdp.gather_full_models(self.accelerator, self.models)
+        try:
+            yield
+        finally:
+            self._full_models = {}
 
     # ----- the loop ---------------------------------------------------------------------------------------------
     def train(self) -> None:
         args, acc = self.args, self.accelerator
         resumed_from = self._maybe_resume()
+        examples = "streamed" if self.streaming else f"{len(self.dataset)} examples"
         logger.info(
-            f"training {self.family}: {len(self.dataset)} examples, {acc.num_processes} process(es), batch "
+            f"training {self.family}: {examples}, {acc.num_processes} process(es), batch "
             f"{args.train_batch_size}×{args.gradient_accumulation_steps}, {self.max_train_steps} steps"
             + (f", resumed at step {self.global_step} from {resumed_from}" if resumed_from else ""),
             main_process_only=True,
@@ -396,15 +455,13 @@ class Trainer:
         progress = tqdm(total=self.max_train_steps, initial=self.global_step, disable=not acc.is_local_main_process)
         pending: dict[str, list] = {}
         while self.global_step < self.max_train_steps:
-            epoch, skip = divmod(self.global_step, self.updates_per_epoch)
-            self.dataloader.set_epoch(epoch)
-            if hasattr(self.dataset, "set_epoch"):  # a dataset that draws per (epoch, item), e.g. unpaired pairs
-                self.dataset.set_epoch(epoch)
-            loader = self.dataloader
-            if skip:
-                loader = acc.skip_first_batches(self.dataloader, skip * args.gradient_accumulation_steps)
-            updates_before = self.global_step
+            epoch_started_at = self.data_position["batches"]  # > 0: a resumed stream, part of the epoch done
+            epoch, loader = self._epoch_loader()
+            updates_before, exhausted = self.global_step, True
             for batch in loader:
+                if self.streaming:
+                    batch = send_to_device(batch, acc.device)
+                    self.data_position["batches"] += 1
                 with acc.accumulate(*self.models.values()):
                     logs = self.training_step(self, batch)
                 for key, value in (logs or {}).items():
@@ -417,16 +474,38 @@ class Trainer:
                     progress.set_postfix(self._log(pending))
                     pending = {}
                 if self.global_step >= self.max_train_steps:
+                    exhausted = False
                     break
-            if self.global_step == updates_before:  # an empty epoch would loop forever
+            if self.streaming and exhausted:
+                self.data_position = {"epoch": epoch + 1, "batches": 0}
+            resumed_at_its_end = self.streaming and epoch_started_at > 0
+            if self.global_step == updates_before and not resumed_at_its_end:  # an empty epoch would loop forever
                 raise RuntimeError(f"epoch {epoch} gave no optimizer update: the dataloader has too few batches")
         progress.close()
         self._finish()
 
+    def _epoch_loader(self):
+        """(epoch, the loader over the rest of it): where an interrupted run stopped, after a resume."""
+        args, acc = self.args, self.accelerator
+        if self.streaming:
+            epoch, done = self.data_position["epoch"], self.data_position["batches"]
+            self.dataset.set_epoch(epoch)
+            drop = self.dataset.resume_after(done) if done else 0
+            return epoch, itertools.islice(self.dataloader, drop, None)
+        epoch, skip = divmod(self.global_step, self.updates_per_epoch)
+        self.dataloader.set_epoch(epoch)
+        # datasets that draw per (epoch, item): unpaired pairs, the core's image items (the loader's dataset)
+        for source in {id(d): d for d in (self.dataset, self.dataloader.dataset)}.values():
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
+        if skip:
+            return epoch, acc.skip_first_batches(self.dataloader, skip * args.gradient_accumulation_steps)
+        return epoch, self.dataloader
+
     def _after_update(self) -> None:
         self.global_step += 1
         for name, ema in self.emas.items():
-            ema.step(self.unwrap(name).parameters())
+            ema.step(self._ema_parameters(name))
         fault_point("step", self.global_step)  # the kill tests' hook (custom_pipelines.faults): a no-op unless set
         if self.global_step % self.args.checkpointing_steps == 0:
             self.save_checkpoint()
@@ -452,9 +531,12 @@ class Trainer:
     def check_weights_finite(self, what: str) -> None:
         """Refuse to save NaN/inf weights (a checkpoint or pipeline that could only produce garbage)."""
         for name in self.models:
-            bad = [n for n, p in self.unwrap(name).named_parameters() if not torch.isfinite(p).all()]
+            named = self.accelerator.unwrap_model(self.models[name]).named_parameters()
+            bad = [n for n, p in named if not torch.isfinite(fsdp.local_tensor(p)).all()]
             for ema in [self.emas[name]] if name in self.emas else []:
                 bad += [f"ema:{i}" for i, p in enumerate(ema.shadow_params) if not torch.isfinite(p).all()]
+            if fsdp.is_sharded(self.accelerator) and fsdp.any_rank(self.accelerator, bool(bad)) and not bad:
+                bad = ["(a shard on another rank)"]
             if bad:
                 raise NonFiniteLossError(
                     f"{what} not saved: {len(bad)} tensors of {name!r} hold NaN/inf (first: {bad[0]}); the earlier "
@@ -465,9 +547,13 @@ class Trainer:
         self.check_weights_finite(f"checkpoint-{self.global_step}")
         state = {
             "world_size": self.accelerator.num_processes,
+            "distributed_type": self.accelerator.distributed_type.value,
             "mixed_precision": self.accelerator.mixed_precision,  # a resume with `auto` keeps it
             "extra": self.extra_state.state_dict() if self.extra_state is not None else None,
         }
+        if self.streaming:  # every rank's place in its own share of the stream
+            positions = [dict(self.data_position)]
+            state["data_positions"] = gather_object(positions) if self.accelerator.num_processes > 1 else positions
         return save_checkpoint(
             self.accelerator,
             self.args.output_dir,
@@ -475,6 +561,7 @@ class Trainer:
             self.emas,
             state,
             self.args.checkpoints_total_limit,
+            sharded_ema=fsdp.is_sharded(self.accelerator),
         )
 
     def _maybe_resume(self) -> str | None:
@@ -483,8 +570,24 @@ class Trainer:
             if self.args.resume_from_checkpoint:
                 logger.info("no checkpoint to resume from yet: starting a fresh run", main_process_only=True)
             return None
-        state = load_checkpoint(self.accelerator, path, self.emas)
+        state = load_checkpoint(self.accelerator, path, self.emas, sharded_ema=fsdp.is_sharded(self.accelerator))
         self.global_step = int(state["global_step"])
+        saved_world = state.get("world_size")
+        if saved_world is not None and saved_world != self.accelerator.num_processes:
+            logger.warning(
+                f"{path} was written by {saved_world} process(es), this run has {self.accelerator.num_processes}: "
+                "it continues (the data order and random streams are split differently), but will not match an "
+                "uninterrupted run bit for bit",
+                main_process_only=True,
+            )
+        if self.streaming:
+            positions = state.get("data_positions")
+            if not positions or len(positions) != self.accelerator.num_processes:
+                raise ValueError(
+                    f"{path} holds no stream positions for {self.accelerator.num_processes} process(es) (it was "
+                    "written by a run that did not stream, or by another number of processes): resume it as it ran"
+                )
+            self.data_position = dict(positions[self.accelerator.process_index])
         if self.extra_state is not None and state.get("extra") is not None:
             self.extra_state.load_state_dict(state["extra"])
         return path
@@ -497,14 +600,15 @@ class Trainer:
         Call it on every rank: the others wait at the closing barrier.
         """
         path = None
-        if self.accelerator.is_main_process:
-            was_training = {name: self.unwrap(name).training for name in self.models}
-            for name in self.models:
-                self.unwrap(name).eval()
-            with self.ema_weights():
+        with self.sampling_weights():
+            if self.accelerator.is_main_process:
+                was_training = {name: self.unwrap(name).training for name in self.models}
+                for name in self.models:
+                    self.unwrap(name).eval()
                 images = self.sample_images(self)
-            for name, flag in was_training.items():
-                self.unwrap(name).train(flag)
+                for name, flag in was_training.items():
+                    self.unwrap(name).train(flag)
+        if self.accelerator.is_main_process:
             grid = image_grid(images)
             folder = os.path.join(self.args.output_dir, "samples")
             os.makedirs(folder, exist_ok=True)
@@ -523,8 +627,8 @@ class Trainer:
         from custom_pipelines.evaluation import build_feature_extractor, evaluate_pipeline, reference_features
 
         args, metrics = self.args, None
-        if self.accelerator.is_main_process:
-            with self.ema_weights():
+        with self.sampling_weights():
+            if self.accelerator.is_main_process:
                 pipe = self.build_pipeline(self)
                 pipe.set_progress_bar_config(disable=True)
                 if self._eval_reference is None:  # the extractor and real features are computed once per run
@@ -544,6 +648,7 @@ class Trainer:
                 result = evaluate_pipeline(
                     pipe, args.eval_num_samples, real, extractor, seed=args.seed, **self.eval_pipeline_kwargs
                 )
+        if self.accelerator.is_main_process:
             metrics = {f"eval/{k}": result[k] for k in ("fid", "kid_mean", "precision", "recall") if k in result}
             self.accelerator.log(metrics, step=self.global_step)
             append_metrics(args.output_dir, self.global_step, metrics)
@@ -552,24 +657,29 @@ class Trainer:
         return metrics
 
     def _parameter_checksums(self) -> dict[str, list[float]]:
-        """Σ|θ| per model on every rank: after DDP training all ranks must hold the same weights."""
+        """Σ|θ| per model on every rank: after DDP training all ranks must hold the same weights (under FSDP each
+        rank sums its shards and every rank reports the total of the whole model)."""
         sums = {}
         for name in self.models:
-            local = torch.stack([p.detach().double().abs().sum() for p in self.unwrap(name).parameters()]).sum()
-            sums[name] = self.accelerator.gather(local.reshape(1).to(self.device)).cpu().tolist()
+            shards = [fsdp.local_tensor(p).detach().double().abs().sum() for p in self.models[name].parameters()]
+            local = torch.stack(shards).sum().reshape(1).to(self.device)
+            if fsdp.is_sharded(self.accelerator):
+                local = self.accelerator.reduce(local, reduction="sum")
+            sums[name] = self.accelerator.gather(local).cpu().tolist()
         return sums
 
     def _finish(self) -> None:
         args, acc = self.args, self.accelerator
         acc.wait_for_everyone()
         self.check_weights_finite("the final pipeline")
-        checksums = self._parameter_checksums()
+        checksums, shards = self._parameter_checksums(), fsdp.shard_numels(acc, self.models)
+        hosts = gather_object([socket.gethostname()]) if acc.num_processes > 1 else [socket.gethostname()]
         if self.global_step % args.validation_steps != 0:
             self.validate()  # every rank calls it: it ends in a barrier
-        if acc.is_main_process:
-            for name in self.models:
-                self.unwrap(name).eval()
-            with self.ema_weights():
+        with self.sampling_weights():  # every rank: under FSDP it gathers the full weights
+            if acc.is_main_process:
+                for name in self.models:
+                    self.unwrap(name).eval()
                 try:
                     self.save_pipeline(self, args.output_dir)
                 except OSError as err:  # a full disk, a folder gone read-only: say what is safe
@@ -577,9 +687,13 @@ class Trainer:
                         f"the final pipeline could not be written to {args.output_dir} ({err}); the checkpoints in "
                         "it are intact: free space and rerun with --resume_from_checkpoint latest"
                     ) from err
+        if acc.is_main_process:
             summary = {
                 "global_step": self.global_step,
                 "world_size": acc.num_processes,
+                "hostnames": hosts,  # per rank: the machines the run spanned
+                "distributed_type": acc.distributed_type.value,  # FSDP, MULTI_CPU (DDP), MULTI_GPU, NO, ...
+                "param_shard_numel": shards,  # parameter elements each rank holds, per model
                 "mixed_precision": acc.mixed_precision,
                 "mixed_precision_requested": args.mixed_precision,
                 "mixed_precision_reason": getattr(getattr(args, "precision", None), "reason", None),
