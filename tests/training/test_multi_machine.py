@@ -153,9 +153,11 @@ def test_the_slurm_script_passes_its_arguments_to_the_training_script(tmp_path):
     """Without training: `accelerate` is a stand-in that prints the command each "node" would run."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    # one write per line: the "nodes" run side by side, and two printf calls of one node could interleave with
+    # another node's output (a line under PIPE_BUF is written whole)
     fake_accelerate = textwrap.dedent("""\
         #!/bin/bash
-        printf 'node %s: accelerate' "$SLURM_NODEID"; printf ' [%s]' "$@"; echo
+        line="node $SLURM_NODEID: accelerate"; for arg in "$@"; do line+=" [$arg]"; done; echo "$line"
     """)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("accelerate", fake_accelerate)):
         (bin_dir / name).write_text(text)
