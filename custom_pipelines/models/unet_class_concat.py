@@ -40,6 +40,9 @@ class ClassConcatUNet2DModel(ModelMixin, ConfigMixin):
         sample_size, in_channels, out_channels, ...: see [`UNet2DModel`].
     """
 
+    # the inner UNet2DModel's blocks checkpoint themselves (diffusers' `enable_gradient_checkpointing`)
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(
         self,

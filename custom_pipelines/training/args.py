@@ -110,6 +110,12 @@ def add_common_args(
         help="with accelerate's --dynamo_backend: compare the compiled model's first gradients with eager mode and "
         "stop on a mismatch (single process)",
     )
+    opt.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass instead of keeping them (less memory, more compute): "
+        "diffusers' UNet2DModel / UNet2DConditionModel / AutoencoderKL and our class-concat UNet",
+    )
     opt.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune from a pipeline dir or Hub id")
 
     ema = parser.add_argument_group("EMA (diffusers' EMAModel with warm-up)")

@@ -256,6 +256,8 @@ class Trainer:
             accelerator.mixed_precision, torch.float32
         )
         self._set_attention(models)  # before prepare, so that a compiled model traces the chosen attention
+        if getattr(args, "gradient_checkpointing", False):
+            enable_gradient_checkpointing(models)
         # a stream is split across ranks by datasets (never by accelerate) and has no length: its epoch and the
         # batches read in it are counted here, per rank, and kept in checkpoints (exact resume)
         self.streaming = bool(getattr(args, "streaming", False))
@@ -698,6 +700,7 @@ class Trainer:
                 "mixed_precision_requested": args.mixed_precision,
                 "mixed_precision_reason": getattr(getattr(args, "precision", None), "reason", None),
                 "attention_backend": self.attention_backend,
+                "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
                 "param_checksums": checksums,
             }
             write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
@@ -728,6 +731,18 @@ class Trainer:
             )
         logger.info(f"pushed {args.output_dir} to {args.hub_model_id}: {url}", main_process_only=True)
         return None
+
+
+def enable_gradient_checkpointing(models: dict[str, torch.nn.Module]) -> None:
+    """`--gradient_checkpointing` on every trained model (diffusers' `enable_gradient_checkpointing`: each block's
+    activations are recomputed in the backward pass), or a ValueError naming the model that cannot."""
+    for name, model in models.items():
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise ValueError(
+                f"--gradient_checkpointing: the {name!r} model ({type(model).__name__}) does not support it; "
+                "supported: UNet2DModel, UNet2DConditionModel, AutoencoderKL, ClassConcatUNet2DModel"
+            )
+        model.enable_gradient_checkpointing()
 
 
 def _check_names(models: dict, optimizers: dict, frozen: dict, step_every: dict) -> None:
