@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cfg.add_argument("--conditioning", default=None, help=f"one of {CONDITIONING_METHODS} (default: the config's)")
     cfg.add_argument("--class_embed_dim", type=int, default=None, help="channels of the class map (concat only)")
     cfg.add_argument("--conditioning_dropout", type=float, default=0.1, help="p_uncond: P(label → null class)")
+    cfg.add_argument(
+        "--num_classes",
+        type=int,
+        default=None,
+        help="K; needed for a stream whose labels are plain ints (read from the data otherwise)",
+    )
     add_diffusion_args(cfg)
     cfg.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
     args = parser.parse_args(argv)
@@ -53,6 +59,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--conditioning must be one of {CONDITIONING_METHODS}, got {args.conditioning!r}")
     if args.class_embed_dim is not None and args.class_embed_dim < 1:
         raise ValueError(f"--class_embed_dim must be a positive integer, got {args.class_embed_dim}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num_classes must be a positive integer, got {args.num_classes}")
     if not 0.0 <= args.conditioning_dropout < 1.0:
         raise ValueError(f"--conditioning_dropout must be in [0, 1), got {args.conditioning_dropout}")
     if not 0 <= args.validation_guidance_scale < float("inf"):  # NaN fails too
@@ -72,6 +80,25 @@ def dataset_classes(dataset, label_column: str) -> tuple[int, dict[int, str] | N
     if not all(isinstance(v, int) and v >= 0 for v in labels):
         raise ValueError(f"--label_column={label_column!r} must hold integer class ids >= 0, got {labels[:10]}")
     return max(labels) + 1, None
+
+
+def stream_classes(args) -> tuple[int, dict[int, str] | None]:
+    """K and the class names of a streamed dataset, from its features (a `ClassLabel`) or `--num_classes`: a
+    stream's labels cannot be counted without reading it all."""
+    import datasets
+
+    from custom_pipelines.training.streaming import load_stream
+
+    feature = (load_stream(args).features or {}).get(args.label_column)
+    if feature is None:
+        raise ValueError(f"--label_column={args.label_column!r} is not a column of the stream (webdataset: KEY.cls)")
+    if isinstance(feature, datasets.ClassLabel):
+        if args.num_classes not in (None, feature.num_classes):
+            raise ValueError(f"--num_classes {args.num_classes}: the stream names {feature.num_classes} classes")
+        return feature.num_classes, dict(enumerate(feature.names))
+    if args.num_classes is None:
+        raise ValueError("--streaming with plain integer labels needs --num_classes (K: ids 0 … K-1)")
+    return args.num_classes, None
 
 
 def source_unet_config(args) -> dict:
@@ -140,8 +167,13 @@ def main(args: argparse.Namespace) -> str:
     )
 
     accelerator = create_accelerator(args)
-    dataset = load_train_dataset(args, args.resolution or source_unet_config(args)["sample_size"])
-    num_classes, id2label = dataset_classes(dataset, args.label_column)
+    if args.streaming:  # the trainer core streams; the classes come from the stream's features or --num_classes
+        dataset, (num_classes, id2label) = None, stream_classes(args)
+    else:
+        dataset = load_train_dataset(args, args.resolution or source_unet_config(args)["sample_size"])
+        num_classes, id2label = dataset_classes(dataset, args.label_column)
+        if args.num_classes not in (None, num_classes):
+            raise ValueError(f"--num_classes {args.num_classes}: the dataset has {num_classes} classes")
     unet, scheduler = build_models(args, num_classes)
     resolution = set_training_resolution(unet, args.resolution)
     null_id = null_class_id(unet)

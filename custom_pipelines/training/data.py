@@ -17,7 +17,7 @@ def load_train_dataset(args, resolution: int):
     if getattr(args, "streaming", False):
         raise ValueError(
             "--streaming / --train_shards: this training script reads its data as a map-style dataset, which does not "
-            "stream yet; train_ddpm.py and train_gan.py stream"
+            "stream yet; train_ddpm.py, train_cfg.py and train_gan.py stream"
         )
     dataset = load_image_dataset(
         args.dataset_name,

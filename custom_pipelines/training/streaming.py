@@ -200,10 +200,15 @@ def streaming_image_items(args, stream, transform, *, rank: int, world_size: int
     image_column, label_column = args.image_column, args.label_column
     has_labels = label_column in (stream.features or {})
 
+    num_classes = getattr(args, "num_classes", None)
+
     def to_item(example: dict, generator: torch.Generator) -> dict:
         item = {"pixel_values": transform(decode_image(example[image_column]), generator)}
         if has_labels:
             item["labels"] = int(example[label_column])
+            if num_classes is not None and not 0 <= item["labels"] < num_classes:
+                label = item["labels"]
+                raise ValueError(f"a streamed label is {label}, outside --num_classes {num_classes} (0 … K-1)")
         return item
 
     return StreamingExamples(

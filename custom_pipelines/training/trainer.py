@@ -293,7 +293,7 @@ class Trainer:
             if dataset is not None or collate_fn is not None:
                 raise ValueError(
                     f"--streaming / --train_shards: the {self.family} script reads its own dataset, which does not "
-                    "stream yet; train_ddpm.py and train_gan.py stream"
+                    "stream yet; train_ddpm.py, train_cfg.py and train_gan.py stream"
                 )
             self.dataset, loader = make_streaming_dataloader(self.args, resolution, image_channels)
             return loader

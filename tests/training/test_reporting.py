@@ -35,8 +35,9 @@ def test_loss_curve_and_model_card(tmp_path):
     path = plot_loss_curve(str(tmp_path))
     assert Image.open(path).size[0] > 300
     args = argparse.Namespace(dataset_name="digits", hub_model_id=None, hub_token="secret", learning_rate=1e-4)
-    info = ModelCardInfo("ddpm", "UnconditionalDiffusionPipeline", "A test.", "/x/training/train_ddpm.py",
-                         {"batch_size": 4})
+    info = ModelCardInfo(
+        "ddpm", "UnconditionalDiffusionPipeline", "A test.", "/x/training/train_ddpm.py", {"batch_size": 4}
+    )
     card = open(write_model_card(str(tmp_path), info, args)).read()
     assert card.startswith("---") and "library_name: diffusers" in card and "A test." in card
     assert "secret" not in card  # the hub token never lands in the card
@@ -55,8 +56,13 @@ def test_card_snippet_with_an_input_image_and_no_generator():
     from custom_pipelines.training.reporting import Code
 
     setup = 'from PIL import Image\nimage = Image.new("RGB", (16, 16))'
-    info = ModelCardInfo("srgan", "SuperResolutionPipeline", example_call_kwargs={"image": Code("image")},
-                         example_setup=setup, uses_generator=False)
+    info = ModelCardInfo(
+        "srgan",
+        "SuperResolutionPipeline",
+        example_call_kwargs={"image": Code("image")},
+        example_setup=setup,
+        uses_generator=False,
+    )
     snippet = info.usage_snippet("user/repo")
     assert "images = pipe(image=image).images" in snippet
     assert 'image = Image.new("RGB", (16, 16))\nimages = pipe(' in snippet

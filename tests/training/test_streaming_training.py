@@ -73,12 +73,29 @@ def test_two_processes_stream_their_own_shares(tmp_path, shards):
 
 
 def test_scripts_that_cannot_stream_yet_say_so(tmp_path, shards):
+    from custom_pipelines.training.data import load_train_dataset
+
+    args = train_ddpm.parse_args(stream_args(tmp_path, shards))
+    with pytest.raises(ValueError, match=r"--streaming / --train_shards: .* train_cfg.py and train_gan.py stream"):
+        load_train_dataset(args, 8)  # what the vae, ldm, srgan and cyclegan scripts read their data with
+
+
+def test_class_conditional_training_streams_with_num_classes(tmp_path, shards):
+    from custom_pipelines import ClassConditionalDiffusionPipeline
+    from custom_pipelines.models.class_conditioning import num_classes_of
     from training import train_cfg
 
-    argv = stream_args(tmp_path / "cfg", shards)
+    argv = stream_args(tmp_path / "cfg", shards, "--max_train_steps", "3", "--validation_steps", "3")
     argv[argv.index("--model_config") + 1] = "cfg-tiny-8"
-    with pytest.raises(ValueError, match=r"--streaming / --train_shards: .* train_ddpm.py and train_gan.py stream"):
+    with pytest.raises(ValueError, match=r"plain integer labels needs --num_classes"):
         train_cfg.main(train_cfg.parse_args(argv))
+    with pytest.raises(ValueError, match=r"a streamed label is [4-9], outside --num_classes 4"):
+        train_cfg.main(train_cfg.parse_args([*argv, "--num_classes", "4", "--overwrite_output_dir"]))
+    train_cfg.main(train_cfg.parse_args([*argv, "--num_classes", "10", "--overwrite_output_dir"]))
+    pipe = ClassConditionalDiffusionPipeline.from_pretrained(tmp_path / "cfg")
+    assert num_classes_of(pipe.unet) == 10
+    images = pipe(class_labels=[3, 7], num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 8, 8, 1)
 
 
 @pytest.mark.parametrize(
