@@ -167,3 +167,27 @@ def test_two_model_families_are_refused_under_fsdp():
     models = {"generator": torch.nn.Linear(2, 2), "discriminator": torch.nn.Linear(2, 1)}
     with pytest.raises(ValueError, match="--use_fsdp trains one model per run"):
         prepare_sharded(None, models, {name: None for name in models}, None)
+
+
+@pytest.mark.slow
+def test_the_class_conditional_family_trains_under_fsdp_like_ddp(tmp_path):
+    """The other one-UNet family (class-conditional CFG, class labels dropped to the null class at random): sharded
+    for real, the same losses as DDP, and a saved pipeline that loads and samples every class."""
+    from custom_pipelines import ClassConditionalDiffusionPipeline
+
+    def args(out):
+        argv = tiny_args(out)
+        argv[argv.index("--model_config") + 1] = "cfg-tiny-8"
+        return argv
+
+    fsdp_out, ddp_out = tmp_path / "fsdp", tmp_path / "ddp"
+    result = launch_fsdp("train_cfg.py", args(fsdp_out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = summary_of(fsdp_out)
+    assert summary["distributed_type"] == "FSDP" and len(summary["param_shard_numel"]["unet"]) == 2
+    launch_two_processes("train_cfg.py", args(ddp_out))
+    fsdp_losses, ddp_losses = losses(fsdp_out), losses(ddp_out)
+    assert len(fsdp_losses) == 6 and max(abs(a - b) for a, b in zip(fsdp_losses, ddp_losses)) < 1e-4
+    pipe = ClassConditionalDiffusionPipeline.from_pretrained(fsdp_out)
+    images = pipe(class_labels=list(range(10)), num_inference_steps=2, output_type="np").images
+    assert images.shape == (10, 8, 8, 1)
