@@ -397,17 +397,16 @@ def sample_batches(pipe, num_samples: int, batch_size: int, seed: int, plan: Sam
     sample i as `plan` says; the seeding of `sample_images` (one generator per sample, from a master `seed`)."""
     import torch
 
-    from .pipelines.utils import as_nchw_tensor
+    from .pipelines.utils import output_images, per_sample_seeds
 
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    seeds = torch.randint(0, 2**62, (num_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+    seeds = per_sample_seeds(num_samples, batch_size, seed)
     for start in range(0, num_samples, batch_size):
         for indices in plan.calls(range(start, min(start + batch_size, num_samples))):
             kwargs = {**plan.shared_kwargs, **plan.inputs_for(indices)}
             if plan.pipeline.seeded:
                 kwargs["generator"] = [torch.Generator().manual_seed(seeds[i]) for i in indices]
-            output = pipe(output_type="pt", **kwargs)
-            images = output.images if hasattr(output, "images") else output[0]
             labels = plan.labels_of(indices)
-            yield as_nchw_tensor(images).clamp(0, 1), (torch.tensor(labels) if labels is not None else None)
+            yield (
+                output_images(pipe(output_type="pt", **kwargs)),
+                (torch.tensor(labels) if labels is not None else None),
+            )

@@ -228,9 +228,7 @@ def sample_images(
     so the images do not depend on `batch_size`. `class_labels` are cycled to `num_samples` (pass `range(10)` for
     balanced classes) and given to the pipeline as `class_labels_kwarg`.
     """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    seeds = torch.randint(0, 2**62, (num_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+    seeds = per_sample_seeds(num_samples, batch_size, seed)
     labels = None
     if class_labels is not None:
         base = torch.as_tensor(list(class_labels), dtype=torch.long)
@@ -243,6 +241,19 @@ def sample_images(
         batch_labels = labels[start:stop] if labels is not None else None
         extra = {class_labels_kwarg: batch_labels.tolist()} if batch_labels is not None else {}
         kwargs = call_kwargs(pipe, batch_size=stop - start, **extra, **pipeline_kwargs)
-        output = pipe(generator=generators, output_type="pt", **kwargs)
-        images = output.images if hasattr(output, "images") else output[0]
-        yield as_nchw_tensor(images).clamp(0, 1), batch_labels
+        yield output_images(pipe(generator=generators, output_type="pt", **kwargs)), batch_labels
+
+
+def per_sample_seeds(num_samples: int, batch_size: int, seed: int) -> list[int]:
+    """The seed of each sample's own generator, drawn from a master generator seeded with `seed`: what every
+    sampler of ours uses (`sample_images`, the sample and evaluate commands), so sample i is the same image whatever
+    the batch size, and `sample --seed s` draws the images `evaluate --seed s` scores."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    return torch.randint(0, 2**62, (num_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def output_images(output) -> torch.Tensor:
+    """A pipeline's `output_type="pt"` result (output object or tuple) → images [B, C, H, W] in [0, 1]."""
+    images = output.images if hasattr(output, "images") else output[0]
+    return as_nchw_tensor(images).clamp(0, 1)

@@ -49,9 +49,14 @@ def make_dataloader(args, dataset, collate_fn: Callable[[list], dict]) -> torch.
         num_workers=resolve_num_workers(args.dataloader_num_workers),
         # workers are made anew each epoch (not persistent), so they hold the dataset after its set_epoch
         persistent_workers=False,
-        pin_memory=torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"),
+        pin_memory=_on_cuda(),
         generator=torch.Generator().manual_seed(args.seed),
     )
+
+
+def _on_cuda() -> bool:
+    """Training runs on a CUDA device (not `ACCELERATE_USE_CPU`): batches are then pinned for the copy to it."""
+    return torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
 def resolve_num_workers(requested: int | None) -> int:
@@ -60,7 +65,7 @@ def resolve_num_workers(requested: int | None) -> int:
     the cores it computes on), else min(4, CPU cores per local process − 1), so a GPU is not fed by one core."""
     if requested is not None:
         return requested
-    if parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available():
+    if not _on_cuda():
         return 0
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(0, min(4, (os.cpu_count() or 1) // local_processes - 1))
@@ -229,7 +234,7 @@ def make_streaming_dataloader(args, resolution: int, channels: int):
         drop_last=True,
         collate_fn=_collate,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"),
+        pin_memory=_on_cuda(),
         # its own generator: every `iter(loader)` draws a base seed, which would otherwise come from the global RNG
         # that the training noise draws from, and a resumed run starts one more iterator than the straight one
         generator=torch.Generator().manual_seed(args.seed),
