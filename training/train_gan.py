@@ -243,6 +243,7 @@ def main(args: argparse.Namespace) -> str:
     from custom_pipelines.gan.training_utils import GeneratorForward, progan_reals
     from custom_pipelines.io import write_json
     from custom_pipelines.training import Trainer, create_accelerator
+    from custom_pipelines.training.fsdp import gathered_through_backward
 
     family = args.family
     accelerator = create_accelerator(args)
@@ -281,8 +282,10 @@ def main(args: argparse.Namespace) -> str:
         trainer.optimizers["discriminator"].zero_grad(set_to_none=True)
         with torch.no_grad():
             fakes, _ = g_forward(torch.randn(reals.shape[0], z_dim, device=reals.device))
-        d_loss, logs = objective.discriminator_loss(d_model, reals, fakes, regularize=step % reg_interval == 0)
-        trainer.backward_and_step("discriminator", d_loss)
+        regularize = step % reg_interval == 0
+        with gathered_through_backward(accelerator, d_model, regularize and objective.needs_double_backward):
+            d_loss, logs = objective.discriminator_loss(d_model, reals, fakes, regularize=regularize)
+            trainer.backward_and_step("discriminator", d_loss)
         objective.after_discriminator_step(trainer.unwrap("discriminator"))
         # 2. generator update every n_critic steps
         if (step + 1) % args.n_critic == 0:

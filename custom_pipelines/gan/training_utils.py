@@ -15,6 +15,10 @@ class GeneratorForward(torch.nn.Module):
         super().__init__()
         self.model, self.style_mixing_prob = model, style_mixing_prob
 
+    def rewrap(self, model: torch.nn.Module) -> GeneratorForward:
+        """The same forward around another generator (FSDP's gather builds an unsharded copy this way)."""
+        return GeneratorForward(model, self.style_mixing_prob)
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not isinstance(self.model, StyleGANGenerator):
             return self.model(z), None

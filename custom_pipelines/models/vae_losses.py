@@ -81,6 +81,10 @@ class VAETrainingForward(nn.Module):
         super().__init__()
         self.vae = vae
 
+    def rewrap(self, vae: nn.Module) -> VAETrainingForward:
+        """The same forward around another autoencoder (FSDP's gather builds an unsharded copy this way)."""
+        return VAETrainingForward(vae)
+
     def forward(self, images: torch.Tensor, sample_posterior: bool = True):
         posterior = self.vae.encode(images).latent_dist
         # the posterior sample draws from the global RNG: seeded by accelerate and saved with every checkpoint

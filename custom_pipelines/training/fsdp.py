@@ -5,8 +5,11 @@ accelerate 1.16 reads `--use_fsdp` (env `ACCELERATE_USE_FSDP`) only for GPU-like
 works on CPU with gloo) and refuses what it cannot honour, so a run is never quietly unsharded.
 
 What the trainer does differently under FSDP, all here:
-- the model is prepared with its optimizer, rank 0's initial weights broadcast first (as DDP does), its blocks (UNet
-  down/up/mid blocks, a VAE's blocks) auto-wrapped; families that train two models (GANs) are refused for now;
+- each model is prepared with its optimizer, rank 0's initial weights broadcast first (as DDP does), its blocks (UNet
+  down/up/mid blocks, a VAE's blocks, a generator's layers) auto-wrapped; a GAN's two models are two FSDP roots, and
+  a discriminator whose loss differentiates its gradient (R1, WGAN-GP) stays gathered through that double backward
+  (`gathered_through_backward`): its gradients and optimizer state are sharded, its weights are not in that
+  step;
 - EMA runs over each rank's local shards (no communication per step); checkpoints hold the shards of every rank
   (accelerate's DCP model/optimizer folders, one EMA file per rank), so a resume needs the same world size;
 - sampling and the final `save_pipeline` gather the full (EMA) weights on every rank into a plain, unsharded copy of
@@ -14,6 +17,8 @@ What the trainer does differently under FSDP, all here:
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -79,13 +84,6 @@ def prepare_sharded(accelerator: Accelerator, models: dict, optimizers: dict, da
     trained model needs its optimizer here."""
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    if len(models) > 1:
-        # measured: a GAN step (a no_grad generator forward, then R1's double backward or a critic-only step) fails
-        # inside FSDP2's hooks; refused here rather than failing mid-run
-        raise ValueError(
-            f"--use_fsdp trains one model per run so far (one UNet: ddpm, cfg, ldm); this one trains "
-            f"{sorted(models)}: launch it with DDP (--multi_gpu) instead"
-        )
     missing = [name for name in models if name not in optimizers]
     if missing:
         raise ValueError(f"under FSDP every trained model needs an optimizer; {missing} have none")
@@ -108,6 +106,16 @@ def _broadcast_from_main(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             torch.distributed.broadcast(tensor.data, src=0)
+
+
+def broadcast_buffers(models: dict) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank, as DDP does before each forward. FSDP shards
+    parameters only: each rank's buffers would follow its own batches, and the checkpoint (one copy of a replicated
+    tensor) and the saved model would hold one rank's."""
+    with torch.no_grad():
+        for model in models.values():
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -156,6 +164,36 @@ def _unsharded_class(model: torch.nn.Module) -> type:
     return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
 
 
+def _plain_copy(name: str, model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh, unsharded module of `model`'s structure: from its config, or for a training-forward wrapper around
+    one config model (a GAN's `GeneratorForward`, the VAE's `VAETrainingForward`) its `rewrap` of a fresh copy."""
+    if hasattr(model, "config"):
+        return _unsharded_class(model).from_config(model.config)
+    inner = [child for child in model.children() if hasattr(child, "config")]
+    if hasattr(model, "rewrap") and len(inner) == 1:
+        return model.rewrap(_plain_copy(name, inner[0]))
+    raise ValueError(f"model {name!r} ({_unsharded_class(model).__name__}) has no config to rebuild it unsharded from")
+
+
+@contextlib.contextmanager
+def gathered_through_backward(accelerator: Accelerator, model: torch.nn.Module, active: bool = True):
+    """A penalty on the gradient (R1, WGAN-GP) backpropagates through the model's backward graph a second time;
+    FSDP frees the gathered weights after the first backward, so the second would read freed storage. Inside, the
+    model's units stay gathered after backward (gradients are still reduce-scattered to the shards); on leaving they
+    are resharded. A no-op unless sharded and `active`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)] if active and is_sharded(accelerator) else []
+    for unit in units:
+        unit.set_reshard_after_backward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_backward(True, recurse=False)
+            unit.reshard()
+
+
 def gather_full_models(accelerator: Accelerator, models: dict) -> dict[str, torch.nn.Module]:
     """Every rank: all-gather each model's full weights; the main process gets plain (unsharded) copies built from the
     model's config, on the device, in eval mode; the other ranks get {}."""
@@ -166,10 +204,7 @@ def gather_full_models(accelerator: Accelerator, models: dict) -> dict[str, torc
     for name, model in models.items():
         state_dict = get_model_state_dict(model, options=options)
         if accelerator.is_main_process:
-            cls = _unsharded_class(model)
-            copy = cls.from_config(model.config) if hasattr(model, "config") else None
-            if copy is None:
-                raise ValueError(f"model {name!r} ({cls.__name__}) has no config to rebuild it unsharded from")
+            copy = _plain_copy(name, model)
             copy.load_state_dict(state_dict, strict=True)
             full[name] = copy.to(accelerator.device).eval()
     return full

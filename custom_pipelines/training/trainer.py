@@ -506,6 +506,8 @@ class Trainer:
 
     def _after_update(self) -> None:
         self.global_step += 1
+        if fsdp.is_sharded(self.accelerator):  # DDP's buffer broadcast (BatchNorm statistics), which FSDP lacks
+            fsdp.broadcast_buffers(self.models)
         for name, ema in self.emas.items():
             ema.step(self._ema_parameters(name))
         fault_point("step", self.global_step)  # the kill tests' hook (custom_pipelines.faults): a no-op unless set

@@ -160,15 +160,6 @@ def test_block_class_names_are_the_unet_blocks():
     assert not {"Linear", "Dropout", "Conv2d", "ResnetBlock2D"} & set(names)  # blocks, not their pieces
 
 
-def test_two_model_families_are_refused_under_fsdp():
-    """GANs (two models, two optimizers) fail inside FSDP2's hooks: refused before anything is sharded."""
-    from custom_pipelines.training.fsdp import prepare_sharded
-
-    models = {"generator": torch.nn.Linear(2, 2), "discriminator": torch.nn.Linear(2, 1)}
-    with pytest.raises(ValueError, match="--use_fsdp trains one model per run"):
-        prepare_sharded(None, models, {name: None for name in models}, None)
-
-
 @pytest.mark.slow
 def test_the_class_conditional_family_trains_under_fsdp_like_ddp(tmp_path):
     """The other one-UNet family (class-conditional CFG, class labels dropped to the null class at random): sharded
