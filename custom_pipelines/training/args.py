@@ -45,6 +45,13 @@ def add_common_args(
     data.add_argument(
         "--shuffle_buffer_size", type=int, default=1000, help="streaming: examples in the seeded shuffle buffer"
     )
+    data.add_argument(
+        "--max_bad_samples",
+        type=int,
+        default=100,
+        help="streaming: examples whose image cannot be decoded (a corrupt tar member, a broken file) are skipped "
+        "with a warning and counted over all processes; the run stops when the count exceeds this (0: at the first)",
+    )
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default="label")
     data.add_argument("--cache_dir", default=None)
@@ -179,6 +186,8 @@ def validate_common_args(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"--shuffle_buffer_size must be >= 0 (0: the stream's order), got {args.shuffle_buffer_size}"
             )
+        if getattr(args, "max_bad_samples", 0) < 0:
+            raise ValueError(f"--max_bad_samples must be >= 0 (0: stop at the first), got {args.max_bad_samples}")
     _positive(args, "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps")
     _positive(args, "logging_steps", "num_validation_images", "max_nonfinite_steps")
     _positive(args, "resolution", "max_train_samples", "num_epochs", "max_train_steps", allow_none=True)

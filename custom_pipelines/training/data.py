@@ -209,7 +209,7 @@ def make_streaming_dataloader(args, resolution: int, channels: int):
     it again. Full batches only, so every rank's step has the same batch size."""
     from accelerate import PartialState
 
-    from .streaming import decode_image, load_stream, streaming_image_items
+    from .streaming import UNDECODABLE, collate_stream, decode_image, load_stream, streaming_image_items
 
     stream = load_stream(args)
     if args.class_filter:
@@ -217,7 +217,12 @@ def make_streaming_dataloader(args, resolution: int, channels: int):
         stream = stream.filter(lambda example: example[column] in keep)
     if args.max_train_samples is not None:
         stream = stream.take(args.max_train_samples)
-    probe = [{args.image_column: decode_image(e[args.image_column])} for e in stream.take(CHANNEL_PROBE_IMAGES)]
+    probe = []
+    for example in stream.take(CHANNEL_PROBE_IMAGES):
+        try:
+            probe.append({args.image_column: decode_image(example[args.image_column])})
+        except UNDECODABLE:  # counted when trained on
+            continue
     if not probe:
         raise ValueError(
             f"the training stream {args.train_shards or args.dataset_name or args.train_data_dir!r} is empty"
@@ -232,7 +237,7 @@ def make_streaming_dataloader(args, resolution: int, channels: int):
         items,
         batch_size=args.train_batch_size,
         drop_last=True,
-        collate_fn=_collate,
+        collate_fn=collate_stream(_collate),
         num_workers=workers,
         pin_memory=_on_cuda(),
         # its own generator: every `iter(loader)` draws a base seed, which would otherwise come from the global RNG

@@ -8,6 +8,10 @@ The stream every rank reads is a pure function of (--seed, epoch, rank, number o
     every n-th example) and across a rank's dataloader workers (by shard, as datasets does in a worker);
   - each example's random crop and flip come from its own generator (`item_generator`), keyed by its place in
     that stream.
+An example whose image cannot be decoded (a corrupt tar member, a truncated file) is not trained on: its place in the
+batch is marked bad (`BAD_SAMPLE`), the collate drops it and counts it, so batch k still covers the same stretch of
+the stream and the resume stays exact; `--max_bad_samples` bounds the count.
+
 So a resumed run is exact: it reads the epoch's stream again from its start and passes over, without decoding
 the images, the examples the run had trained on (a count kept in the checkpoint), so it trains on the very
 batches the uninterrupted run would. datasets' own `state_dict` resumes at a shard offset instead, but loses the
@@ -29,6 +33,7 @@ from custom_pipelines.data.loading import item_generator
 SHARD_RANGE_RE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "image")  # webdataset member suffixes of an image
 LABEL_KEYS = ("cls", "label")  # webdataset / parquet names of a class id
+BAD_SAMPLE = "bad_sample"  # the key of an item whose image could not be decoded (the reason is its value)
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -107,6 +112,9 @@ def _standard_columns(stream, image_column: str, label_column: str):
     import datasets
 
     features = stream.features or {}
+    for name, feature in features.items():  # undecoded before any rename: a rename decodes, and a bad image raises
+        if isinstance(feature, datasets.Image) and feature.decode:
+            stream = stream.cast_column(name, datasets.Image(decode=False))
     if image_column not in features:
         images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
         images = images or [name for name in features if name in IMAGE_EXTENSIONS]
@@ -121,6 +129,28 @@ def _standard_columns(stream, image_column: str, label_column: str):
         if labels:
             stream = stream.rename_column(labels[0], label_column)
     return stream.cast_column(image_column, datasets.Image(decode=False))  # decoded only when trained on
+
+
+def _undecodable() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # PIL: UnidentifiedImageError and "image file is truncated" are OSErrors; a broken PNG chunk a SyntaxError
+    return (OSError, SyntaxError, Image.DecompressionBombError)
+
+
+UNDECODABLE = _undecodable()
+
+
+def collate_stream(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """`collate` over the decodable items of a streamed batch, with `bad_samples`: the reasons of the others."""
+
+    def collate_good(items: list[dict]) -> dict:
+        good = [item for item in items if BAD_SAMPLE not in item]
+        batch = collate(good) if good else {}
+        batch["bad_samples"] = [item[BAD_SAMPLE] for item in items if BAD_SAMPLE in item]
+        return batch
+
+    return collate_good
 
 
 def decode_image(value):
@@ -192,7 +222,11 @@ class StreamingExamples(torch.utils.data.IterableDataset):
                 continue
             # a key unique to (epoch, rank, worker, position) for a given number of ranks and workers
             index = (position * self.world_size + self.rank) * workers + worker
-            yield self.to_item(example, item_generator(self.seed, self.epoch, index, 2**40))
+            try:
+                yield self.to_item(example, item_generator(self.seed, self.epoch, index, 2**40))
+            except UNDECODABLE as err:  # the stream goes on; the trainer counts it against --max_bad_samples
+                where = f"epoch {self.epoch}, rank {self.rank}, example {position} of worker {worker}"
+                yield {BAD_SAMPLE: f"{where}: {type(err).__name__}: {err}"}
 
 
 def streaming_image_items(args, stream, transform, *, rank: int, world_size: int, num_workers: int):

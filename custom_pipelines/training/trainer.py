@@ -261,7 +261,7 @@ class Trainer:
         # a stream is split across ranks by datasets (never by accelerate) and has no length: its epoch and the
         # batches read in it are counted here, per rank, and kept in checkpoints (exact resume)
         self.streaming = bool(getattr(args, "streaming", False))
-        self.data_position = {"epoch": 0, "batches": 0}
+        self.data_position = {"epoch": 0, "batches": 0, "bad_samples": 0}
         self._prepare(models, optimizers, self._dataloader(dataset, collate_fn, resolution, image_channels))
         if not self.streaming and len(self.dataloader) == 0:  # each process's share holds no full batch
             n = accelerator.num_processes
@@ -462,7 +462,7 @@ class Trainer:
             updates_before, exhausted = self.global_step, True
             for batch in loader:
                 if self.streaming:
-                    batch = send_to_device(batch, acc.device)
+                    batch = self._count_bad_samples(send_to_device(batch, acc.device))
                     self.data_position["batches"] += 1
                 with acc.accumulate(*self.models.values()):
                     logs = self.training_step(self, batch)
@@ -479,12 +479,37 @@ class Trainer:
                     exhausted = False
                     break
             if self.streaming and exhausted:
-                self.data_position = {"epoch": epoch + 1, "batches": 0}
+                self.data_position.update(epoch=epoch + 1, batches=0)
             resumed_at_its_end = self.streaming and epoch_started_at > 0
             if self.global_step == updates_before and not resumed_at_its_end:  # an empty epoch would loop forever
                 raise RuntimeError(f"epoch {epoch} gave no optimizer update: the dataloader has too few batches")
         progress.close()
         self._finish()
+
+    def _count_bad_samples(self, batch: dict) -> dict:
+        """A streamed batch without its undecodable examples (`streaming.collate_stream`), counted over all ranks
+        against `--max_bad_samples`; every rank stops together when the count passes it or a batch has none left."""
+        bad = batch.pop("bad_samples", [])
+        for reason in bad:
+            logger.warning(f"skipped an example whose image cannot be decoded ({reason})")
+        local = self.data_position.get("bad_samples", 0) + len(bad)
+        self.data_position["bad_samples"] = local
+        total, empty = local, float(not batch)
+        if self.accelerator.num_processes > 1:  # one small all-reduce, so that every rank decides alike
+            counts = torch.tensor([float(local), empty], device=self.accelerator.device)
+            total, empty = (float(v) for v in self.accelerator.reduce(counts, reduction="sum").tolist())
+        limit = self.args.max_bad_samples
+        if total > limit:
+            raise ValueError(
+                f"{int(total)} streamed examples could not be decoded, more than --max_bad_samples {limit} (the "
+                "warnings above name them): repair or drop those shards, or raise --max_bad_samples"
+            )
+        if empty:
+            raise ValueError(
+                f"every example of a batch of {self.args.train_batch_size} could not be decoded (the warnings above "
+                "name them): the shards hold no readable images there"
+            )
+        return batch
 
     def _epoch_loader(self):
         """(epoch, the loader over the rest of it): where an interrupted run stopped, after a resume."""
@@ -678,6 +703,8 @@ class Trainer:
         self.check_weights_finite("the final pipeline")
         checksums, shards = self._parameter_checksums(), fsdp.shard_numels(acc, self.models)
         hosts = gather_object([socket.gethostname()]) if acc.num_processes > 1 else [socket.gethostname()]
+        bad = [self.data_position.get("bad_samples", 0)] if self.streaming else []
+        bad = gather_object(bad) if acc.num_processes > 1 and self.streaming else bad
         if self.global_step % args.validation_steps != 0:
             self.validate()  # every rank calls it: it ends in a barrier
         with self.sampling_weights():  # every rank: under FSDP it gathers the full weights
@@ -705,6 +732,8 @@ class Trainer:
                 "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
                 "param_checksums": checksums,
             }
+            if self.streaming:
+                summary["bad_samples"] = bad  # per rank: streamed examples skipped as undecodable
             write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
             curve = plot_loss_curve(args.output_dir)
             write_model_card(args.output_dir, self.card, args)

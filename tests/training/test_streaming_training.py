@@ -34,10 +34,50 @@ def test_a_streamed_run_trains_saves_and_loads(tmp_path, shards):
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == 6
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
-    assert state["data_positions"] == [{"epoch": 1, "batches": 1}]  # 5 batches in epoch 0, then one of epoch 1
+    # 5 batches in epoch 0, then one of epoch 1
+    assert state["data_positions"] == [{"epoch": 1, "batches": 1, "bad_samples": 0}]
     pipe = UnconditionalDiffusionPipeline.from_pretrained(out)
     images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 8, 8, 1) and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def shards_with_bad_members(tmp_path_factory):
+    """24 members in 3 shards: 22 digits and 2 that are not images (a truncated PNG, bytes of text), so one epoch is
+    6 batches of 4 places, 2 of them bad."""
+    rows = digits_rows(22)
+    rows.insert(5, (rows[0][0][:40], 1))  # a PNG cut short: its header reads, its pixels do not
+    rows.insert(17, (b"this is not an image", 2))
+    return write_tar_shards(tmp_path_factory.mktemp("bad-shards"), rows, num_shards=3)
+
+
+def test_undecodable_members_are_skipped_counted_and_bounded(tmp_path, shards_with_bad_members, caplog):
+    out = tmp_path / "run"
+    argv = stream_args(out, shards_with_bad_members, "--max_bad_samples", "2")
+    with caplog.at_level("WARNING"):
+        train_ddpm.main(train_ddpm.parse_args(argv))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["bad_samples"] == [2]  # one epoch: each bad member read once
+    skipped = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert len(skipped) == 2 and any("UnidentifiedImageError" in m for m in skipped), skipped
+    # one over the limit: every rank stops with the flag named, and no pipeline is written
+    stopped = tmp_path / "stopped"
+    with pytest.raises(ValueError, match=r"2 streamed examples could not be decoded, more than --max_bad_samples 1"):
+        train_ddpm.main(train_ddpm.parse_args(stream_args(stopped, shards_with_bad_members, "--max_bad_samples", "1")))
+    assert not (stopped / "model_index.json").exists()
+    with pytest.raises(ValueError, match="--max_bad_samples must be >= 0"):
+        train_ddpm.parse_args(stream_args(stopped, shards_with_bad_members, "--max_bad_samples", "-1"))
+
+
+@pytest.mark.slow
+def test_a_stream_with_bad_members_resumes_bit_identical(tmp_path, shards_with_bad_members):
+    """A bad member keeps its place in its batch (the batch is one example shorter), so batch k covers the same
+    stretch of the stream before and after a kill."""
+    from tests.training.kill_resume import check_kill_points
+
+    files = ["unet/diffusion_pytorch_model.safetensors"]
+    args_for = lambda out: stream_args(out, shards_with_bad_members, "--use_ema")  # noqa: E731
+    assert check_kill_points("train_ddpm.py", args_for, tmp_path, files, points=("checkpoint:4",)) == 1
 
 
 def test_a_parquet_hub_layout_folder_streams(tmp_path):
