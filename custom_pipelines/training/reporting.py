@@ -38,6 +38,34 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, min_tile: int = 64
     return Image.fromarray(array[..., 0] if c == 1 else array)
 
 
+class StepTimer:
+    """Seconds per optimizer update of this process, from its first update on (compilation, the first batch's
+    decoding and allocator warm-up excluded), checkpoints and validation included."""
+
+    def __init__(self):
+        self.first: tuple[float, int] | None = None
+        self.last: tuple[float, int] | None = None
+
+    def tick(self, step: int) -> None:
+        import time
+
+        now = (time.perf_counter(), step)
+        self.first = self.first or now
+        self.last = now
+
+    def seconds_per_step(self) -> float | None:
+        if self.first is None or self.last[1] == self.first[1]:
+            return None
+        return (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux: `ru_maxrss` in KiB), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def append_metrics(output_dir: str, step: int, logs: dict) -> None:
     with open(os.path.join(output_dir, METRICS_FILE), "a", encoding="utf-8") as f:
         f.write(json.dumps({"step": step, **logs}) + "\n")

@@ -51,8 +51,10 @@ from .output_dir import SUMMARY_FILE
 from .preflight import apply_output_dir, check_push_possible, prepare_output_dir
 from .reporting import (
     ModelCardInfo,
+    StepTimer,
     append_metrics,
     image_grid,
+    peak_rss_mib,
     plot_loss_curve,
     push_folder_to_hub,
     write_model_card,
@@ -283,6 +285,7 @@ class Trainer:
         apply_output_dir(args)  # everything is checked: now clear the old run or trim the resumed one
         self.global_step = 0
         self.nonfinite_in_a_row = 0
+        self.step_timer = StepTimer()
         if args.report_to != "none":
             resume_step = getattr(args, "resume_step", None)  # TensorBoard drops the resumed run's later events
             init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else {}
@@ -471,6 +474,7 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self._after_update()
+                self.step_timer.tick(self.global_step)
                 progress.update(1)
                 if self.global_step % args.logging_steps == 0 or self.global_step == self.max_train_steps:
                     progress.set_postfix(self._log(pending))
@@ -704,6 +708,8 @@ class Trainer:
         checksums, shards = self._parameter_checksums(), fsdp.shard_numels(acc, self.models)
         hosts = gather_object([socket.gethostname()]) if acc.num_processes > 1 else [socket.gethostname()]
         bad = [self.data_position.get("bad_samples", 0)] if self.streaming else []
+        timing = [{"seconds_per_step": self.step_timer.seconds_per_step(), "peak_rss_mib": round(peak_rss_mib(), 1)}]
+        timing = gather_object(timing) if acc.num_processes > 1 else timing
         bad = gather_object(bad) if acc.num_processes > 1 and self.streaming else bad
         if self.global_step % args.validation_steps != 0:
             self.validate()  # every rank calls it: it ends in a barrier
@@ -731,6 +737,7 @@ class Trainer:
                 "attention_backend": self.attention_backend,
                 "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
                 "param_checksums": checksums,
+                "per_rank": timing,  # seconds per update from the rank's first one on, and its peak RSS so far
             }
             if self.streaming:
                 summary["bad_samples"] = bad  # per rank: streamed examples skipped as undecodable

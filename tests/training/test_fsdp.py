@@ -67,6 +67,8 @@ def test_fsdp_is_real_on_cpu_and_records_the_shards(fsdp_run):
     shards = summary["param_shard_numel"]["unet"]
     assert len(shards) == 2 and sum(shards) == full and max(shards) < full, (shards, full)  # each rank holds a half
     assert summary["param_checksums"]["unet"][0] == summary["param_checksums"]["unet"][1]
+    per_rank = summary["per_rank"]  # what benchmarks/fsdp_vs_ddp.py compares: time per update and peak RSS
+    assert len(per_rank) == 2 and all(r["seconds_per_step"] > 0 and 100 < r["peak_rss_mib"] < 64_000 for r in per_rank)
     checkpoint = fsdp_run / "checkpoint-6"
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):  # accelerate's DCP shards, one file per rank
         assert sorted(os.listdir(checkpoint / folder)) == [".metadata", "__0_0.distcp", "__1_0.distcp"], folder
