@@ -91,6 +91,11 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_token_length must be >= 2, got {args.max_token_length}")
     if args.validation_guidance_scale < 0:
         raise ValueError(f"--validation_guidance_scale must be >= 0, got {args.validation_guidance_scale}")
+    if args.cache_latents and args.streaming:
+        raise ValueError(
+            "--cache_latents with --streaming / --train_shards: a stream is not held, so its latents are not cached; "
+            "a streamed run encodes each batch with the frozen VAE (drop --cache_latents)"
+        )
     if args.cache_latents and (args.random_flip or not args.center_crop):
         raise ValueError("--cache_latents encodes each image once: it cannot be combined with --random_flip or "
                          "--no-center_crop (random augmentation); drop one of them")  # fmt: skip
@@ -238,6 +243,59 @@ def dataset_conditions(args, dataset, text_encoder, tokenizer, device) -> Condit
     return Conditions(ids, 0, captions=captions, caption_embeds=embeds, validation=prompts)
 
 
+def stream_conditions(args):
+    """(the stream to train on, its `Conditions`) for `--streaming` / `--train_shards`: a stream is never read whole,
+    so there is no caption vocabulary; the captions ride along in a `caption` column and are encoded batch by batch
+    (classes: K and their names from a `ClassLabel` feature)."""
+    import datasets
+
+    from custom_pipelines.data.captions import find_caption_column, label_captions
+    from custom_pipelines.training.streaming import CAPTION_KEY, load_stream
+
+    stream = load_stream(args)
+    features = stream.features or {}
+    label = features.get(args.label_column)
+    if args.conditioning == "none":
+        return stream, Conditions()
+    if args.conditioning == "class" or find_caption_column(list(features), args.caption_column) is None:
+        if not isinstance(label, datasets.ClassLabel):
+            wanted = "a ClassLabel column" if args.conditioning == "class" else "a text/caption column or a ClassLabel"
+            raise ValueError(f"--conditioning {args.conditioning} of a stream needs {wanted} (--label_column="
+                             f"{args.label_column!r}); the stream has {sorted(features)}")  # fmt: skip
+    if args.conditioning == "class":
+        names = list(label.names)
+        classes = args.class_filter or list(range(len(names)))
+        return stream, Conditions(None, len(names), len(names), dict(enumerate(names)), validation=classes)
+    column = find_caption_column(list(features), args.caption_column)
+    if column is None:  # captions said from the class names, as for a map-style dataset
+        said, column = label_captions(label.names, args.dataset_name), args.label_column
+        new_features = datasets.Features({**features, CAPTION_KEY: datasets.Value("string")})
+        stream = stream.map(lambda e: {CAPTION_KEY: said[e[column]]}, features=new_features)
+    elif column != CAPTION_KEY:
+        stream = stream.rename_column(column, CAPTION_KEY)
+    prompts = list(args.validation_prompts or [])
+    for example in stream.take(256) if not prompts else ():  # the first distinct captions (not decoded)
+        if example[CAPTION_KEY] not in prompts:
+            prompts.append(example[CAPTION_KEY])
+        if len(prompts) == 10:
+            break
+    return stream, Conditions(None, None, validation=prompts)
+
+
+def streamed_caption_embeds(trainer, text_encoder, tokenizer, captions: list[str]):
+    """A streamed batch's captions, each dropped to "" with probability `--conditioning_dropout` (global RNG), through
+    the frozen text encoder: (embeddings in the compute dtype, the fraction dropped)."""
+    import torch
+
+    from custom_pipelines.models.text_encoder import encode_text
+
+    dropped = torch.rand(len(captions)) < trainer.args.conditioning_dropout
+    texts = ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
+    with torch.no_grad():
+        embeds = encode_text(text_encoder, tokenizer, texts, trainer.device)
+    return embeds.to(trainer.compute_dtype), dropped.float().mean()
+
+
 def with_condition_column(dataset, label_column: str, values: list[int]):
     """The dataset with `label_column` holding each row's condition id (the caption's index), so the core's image
     loader batches it as `labels`."""
@@ -316,9 +374,14 @@ def main(args: argparse.Namespace) -> str:
     resolution = args.resolution or vae.config.sample_size
     unet_config = load_component_config(args.pretrained_model_name_or_path or args.model_config, "unet")
     check_latent_resolution(vae, unet_config, resolution)
-    dataset = load_train_dataset(args, resolution)
-    check_image_channels(args, dataset, vae.config.in_channels, "--vae_name_or_path", args.vae_name_or_path)
-    conditions = dataset_conditions(args, dataset, text_encoder, tokenizer, accelerator.device)
+    if args.streaming:  # the stream is read by the trainer core; captions are encoded batch by batch
+        dataset, conditions = stream_conditions(args)
+        if text_encoder is not None:
+            text_encoder.to(accelerator.device).eval()
+    else:
+        dataset = load_train_dataset(args, resolution)
+        check_image_channels(args, dataset, vae.config.in_channels, "--vae_name_or_path", args.vae_name_or_path)
+        conditions = dataset_conditions(args, dataset, text_encoder, tokenizer, accelerator.device)
     if conditions.ids is not None:
         dataset = with_condition_column(dataset, args.label_column, conditions.ids)
     unet = build_unet(args, vae, text_encoder, resolution, conditions.num_classes)
@@ -334,7 +397,12 @@ def main(args: argparse.Namespace) -> str:
         # Global torch RNG (posterior draw, label dropout, t, ε): seeded by set_seed, restored with checkpoints.
         latents = training_latents(trainer.frozen["vae"], batch)
         inputs, logs = {}, {}
-        if args.conditioning != "none":
+        if "captions" in batch:  # streamed text: no vocabulary, the batch's captions go through the encoder
+            embeds, logs["null_condition_fraction"] = streamed_caption_embeds(
+                trainer, text_encoder, tokenizer, batch["captions"]
+            )
+            inputs["encoder_hidden_states"] = embeds
+        elif args.conditioning != "none":
             ids = drop_class_labels(batch["labels"], conditions.null_id, args.conditioning_dropout)
             logs["null_condition_fraction"] = (ids == conditions.null_id).float().mean()
             if args.conditioning == "class":

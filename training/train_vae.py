@@ -193,6 +193,33 @@ def split_heldout(dataset, n: int, seed: int):
     return parts["train"], parts["test"]
 
 
+def streamed_split(args, resolution: int, channels: int):
+    """`--streaming` / `--train_shards`: (the stream to train on, the held-out images as a tensor). The stream's first
+    `--heldout_images` examples (in stored order, before any shuffle) are held out and skipped by training, so reruns
+    hold out the same images, as `split_heldout` does for a map-style dataset."""
+    from custom_pipelines.training.streaming import decode_image, load_stream
+
+    stream = load_stream(args)
+    held = [decode_image(example[args.image_column]) for example in stream.take(args.heldout_images)]
+    if len(held) < args.heldout_images:
+        raise ValueError(f"--heldout_images {args.heldout_images}: the stream holds only {len(held)} examples")
+    return stream.skip(args.heldout_images), image_tensors({args.image_column: held}, args, resolution, channels)
+
+
+# batches of a stream the latent scale is measured on when --latent_scale_batches is not given
+STREAMED_SCALE_BATCHES = 16
+
+
+def first_streamed_images(stream, args, resolution: int, channels: int):
+    """The first images of the training stream that the latent scale is measured on (it reads at most
+    `--latent_scale_batches` batches, default 16 for a stream), as one tensor: a stream is never held whole."""
+    from custom_pipelines.training.streaming import decode_image
+
+    count = (args.latent_scale_batches or STREAMED_SCALE_BATCHES) * args.train_batch_size
+    images = [decode_image(example[args.image_column]) for example in stream.take(count)]
+    return image_tensors({args.image_column: images}, args, resolution, channels)
+
+
 def image_tensors(dataset, args, resolution: int, channels: int):
     """The dataset's images as one [N, C, H, W] tensor in [-1, 1] (center crop, no flips: what is evaluated)."""
     import torch
@@ -314,8 +341,11 @@ def main(args: argparse.Namespace) -> str:
     channels = vae.config.in_channels
     if channels not in (1, 3):
         raise ValueError(f"the autoencoder must take 1 or 3 image channels, got {channels}")
-    train_set, heldout_set = split_heldout(load_train_dataset(args, resolution), args.heldout_images, args.seed)
-    heldout = image_tensors(heldout_set, args, resolution, channels)
+    if args.streaming:  # the trainer core reads the stream; the held-out images are its first examples
+        train_set, heldout = streamed_split(args, resolution, channels)
+    else:
+        train_set, heldout_set = split_heldout(load_train_dataset(args, resolution), args.heldout_images, args.seed)
+        heldout = image_tensors(heldout_set, args, resolution, channels)
     frozen = {"lpips": load_lpips(args.lpips_backbone, args.lpips_net)} if args.lpips_backbone else {}
     objective_weights = {
         name: getattr(args, name)
@@ -356,7 +386,10 @@ def main(args: argparse.Namespace) -> str:
 
     def save_pipeline(trainer, output_dir: str) -> None:
         model = trainer.unwrap("vae").vae
-        train_images = image_tensors(train_set, args, resolution, channels)
+        if args.streaming:
+            train_images = first_streamed_images(train_set, args, resolution, channels)
+        else:
+            train_images = image_tensors(train_set, args, resolution, channels)
         scaling_factor, shift_factor = measure_training_latent_scale(model, train_images, args)
         shift_factor = shift_factor if args.store_shift_factor else None
         model.register_to_config(scaling_factor=scaling_factor, shift_factor=shift_factor)

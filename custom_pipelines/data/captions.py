@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-CAPTION_COLUMNS = ("text", "caption")  # looked for in this order when no caption column is named
+CAPTION_COLUMNS = ("text", "caption", "txt")  # looked for in this order when none is named (txt: webdataset)
 # How a class of a built-in set is said in words: a template over the ClassLabel name, or one caption per name.
 LABEL_TEMPLATES: dict[str, str | dict[str, str]] = {
     "digits": "a handwritten digit {name}",

@@ -12,12 +12,14 @@ from accelerate.utils import parse_flag_from_env
 from custom_pipelines.data import ImageTransform, filter_classes, load_image_dataset
 from custom_pipelines.data.loading import item_generator
 
+from .streaming import STREAMING_SCRIPTS
+
 
 def load_train_dataset(args, resolution: int):
     if getattr(args, "streaming", False):
         raise ValueError(
             "--streaming / --train_shards: this training script reads its data as a map-style dataset, which does not "
-            "stream yet; train_ddpm.py, train_cfg.py and train_gan.py stream"
+            f"stream yet; {', '.join(STREAMING_SCRIPTS)} stream"
         )
     dataset = load_image_dataset(
         args.dataset_name,
@@ -137,6 +139,8 @@ def _collate(examples: list[dict]) -> dict:
     batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    if "captions" in examples[0]:
+        batch["captions"] = [e["captions"] for e in examples]
     return batch
 
 
@@ -202,8 +206,10 @@ class TransformedImages(ImageItems):
         return self.transform.maybe_flip(self.pixel_values[index], generator)
 
 
-def make_streaming_dataloader(args, resolution: int, channels: int):
-    """`--streaming` / `--train_shards` images → (the rank's `StreamingExamples`, a DataLoader over them).
+def make_streaming_dataloader(args, resolution: int, channels: int, stream=None):
+    """`--streaming` / `--train_shards` images → (the rank's `StreamingExamples`, a DataLoader over them). `stream`:
+    a `datasets.IterableDataset` the script prepared from `load_stream(args)` (a caption column added, a held-out
+    part skipped); default: `load_stream(args)` itself.
 
     The loader is not prepared by accelerate: datasets already gave this rank its share, and accelerate would split
     it again. Full batches only, so every rank's step has the same batch size."""
@@ -211,7 +217,7 @@ def make_streaming_dataloader(args, resolution: int, channels: int):
 
     from .streaming import UNDECODABLE, collate_stream, decode_image, load_stream, streaming_image_items
 
-    stream = load_stream(args)
+    stream = load_stream(args) if stream is None else stream
     if args.class_filter:
         keep, column = set(args.class_filter), args.label_column
         stream = stream.filter(lambda example: example[column] in keep)

@@ -33,7 +33,19 @@ from custom_pipelines.data.loading import item_generator
 SHARD_RANGE_RE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "image")  # webdataset member suffixes of an image
 LABEL_KEYS = ("cls", "label")  # webdataset / parquet names of a class id
+CAPTION_KEY = "caption"  # a stream's caption column, as a script names it (image + caption data)
 BAD_SAMPLE = "bad_sample"  # the key of an item whose image could not be decoded (the reason is its value)
+
+
+# the training scripts whose data can stream (the others say so and stop)
+STREAMING_SCRIPTS = ("train_ddpm.py", "train_cfg.py", "train_gan.py", "train_ldm.py", "train_vae.py")
+
+
+def is_stream(dataset) -> bool:
+    """A `datasets.IterableDataset` (what `load_stream` gives and a script may have prepared further)."""
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -230,14 +242,18 @@ class StreamingExamples(torch.utils.data.IterableDataset):
 
 
 def streaming_image_items(args, stream, transform, *, rank: int, world_size: int, num_workers: int):
-    """The core's image items (`pixel_values` in [-1, 1], `labels` when the stream has them) from a stream."""
+    """The core's image items (`pixel_values` in [-1, 1], `labels` when the stream has them, `captions` when it has a
+    `caption` column) from a stream."""
     image_column, label_column = args.image_column, args.label_column
     has_labels = label_column in (stream.features or {})
+    has_captions = CAPTION_KEY in (stream.features or {})
 
     num_classes = getattr(args, "num_classes", None)
 
     def to_item(example: dict, generator: torch.Generator) -> dict:
         item = {"pixel_values": transform(decode_image(example[image_column]), generator)}
+        if has_captions:
+            item["captions"] = example[CAPTION_KEY]
         if has_labels:
             item["labels"] = int(example[label_column])
             if num_classes is not None and not 0 <= item["labels"] < num_classes:

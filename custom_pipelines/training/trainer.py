@@ -59,6 +59,7 @@ from .reporting import (
     push_folder_to_hub,
     write_model_card,
 )
+from .streaming import STREAMING_SCRIPTS, is_stream
 
 logger = get_logger(__name__)
 
@@ -293,12 +294,12 @@ class Trainer:
 
     def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int):
         if self.streaming:
-            if dataset is not None or collate_fn is not None:
+            if collate_fn is not None or not (dataset is None or is_stream(dataset)):
                 raise ValueError(
                     f"--streaming / --train_shards: the {self.family} script reads its own dataset, which does not "
-                    "stream yet; train_ddpm.py, train_cfg.py and train_gan.py stream"
+                    f"stream yet; {', '.join(STREAMING_SCRIPTS)} stream"
                 )
-            self.dataset, loader = make_streaming_dataloader(self.args, resolution, image_channels)
+            self.dataset, loader = make_streaming_dataloader(self.args, resolution, image_channels, stream=dataset)
             return loader
         self.dataset = dataset if dataset is not None else load_train_dataset(self.args, resolution)
         if collate_fn is not None:

@@ -20,16 +20,19 @@ def digits_rows(count: int, resolution: int = 8) -> list[tuple[bytes, int]]:
     return rows
 
 
-def write_tar_shards(folder, rows, num_shards: int) -> str:
-    """`rows` spread over `num_shards` webdataset shards `train-0000k.tar` (key.png + key.cls); returns the brace
-    pattern that names them."""
+def write_tar_shards(folder, rows, num_shards: int, captions: list[str] | None = None) -> str:
+    """`rows` spread over `num_shards` webdataset shards `train-0000k.tar` (key.png + key.cls, + key.txt when
+    `captions` holds one per row); returns the brace pattern that names them."""
     os.makedirs(folder, exist_ok=True)
     per_shard = -(-len(rows) // num_shards)
     for shard in range(num_shards):
         with tarfile.open(os.path.join(folder, f"train-{shard:05d}.tar"), "w") as tar:
             for i, (png, label) in enumerate(rows[shard * per_shard : (shard + 1) * per_shard]):
                 key = f"{shard:05d}_{i:05d}"
-                for suffix, data in (("png", png), ("cls", str(label).encode())):
+                members = [("png", png), ("cls", str(label).encode())]
+                if captions is not None:
+                    members.append(("txt", captions[shard * per_shard + i].encode()))
+                for suffix, data in members:
                     info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))

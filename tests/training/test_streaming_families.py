@@ -1,0 +1,112 @@
+"""Streaming beyond plain images: text-to-image latent diffusion from webdataset shards of image + caption
+(`KEY.png` + `KEY.txt`), the captions encoded batch by batch; the autoencoder from a stream with its held-out images
+taken off the stream's start; a kill mid-run resumes the streamed LDM bit-identically."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from custom_pipelines.pipelines.pipeline_latent_diffusion import LatentDiffusionPipeline
+from tests.training.streaming_data import digits_rows, write_parquet_dataset, write_tar_shards
+from tests.training.test_train_ldm import configs as ldm_configs  # noqa: F401 (fixtures of the tiny LDM)
+from tests.training.test_train_ldm import tiny_args as ldm_args
+from tests.training.test_train_ldm import vae_dir as ldm_vae_dir  # noqa: F401
+from tests.training.test_train_vae import config as vae_config  # noqa: F401 (the tiny VAE + PatchGAN variant)
+from training import train_ldm
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def caption_shards(tmp_path_factory):
+    """24 digits at 16×16 in 3 shards, each with a caption saying its digit (`.txt`, webdataset's caption member)."""
+    rows = digits_rows(24, resolution=16)
+    captions = [f"a handwritten {WORDS[label]}" for _, label in rows]
+    return write_tar_shards(tmp_path_factory.mktemp("captioned"), rows, num_shards=3, captions=captions)
+
+
+def streamed_ldm_args(vae_dir, configs, output_dir, shards, *extra):
+    argv = ldm_args(vae_dir, configs, output_dir, "text", "--shuffle_buffer_size", "8", "--max_train_steps", "6",
+                    "--use_ema", *extra)  # fmt: skip
+    i = argv.index("--dataset_name")
+    argv[i : i + 2] = ["--train_shards", shards]
+    for flag in ("--max_train_samples",):  # a stream has no length to take a part of here
+        j = argv.index(flag)
+        del argv[j : j + 2]
+    return argv
+
+
+def test_text_latent_diffusion_streams_captions(ldm_vae_dir, ldm_configs, caption_shards, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    train_ldm.main(train_ldm.parse_args(streamed_ldm_args(ldm_vae_dir, ldm_configs, out, caption_shards)))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["bad_samples"] == [0]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["data_positions"] == [{"epoch": 1, "batches": 3, "bad_samples": 0}]  # 24 / 8 = 3 batches an epoch
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert len(rows) == 6 and all(np.isfinite(r["loss"]) and 0 <= r["null_condition_fraction"] <= 1 for r in rows)
+    pipe = LatentDiffusionPipeline.from_pretrained(out)
+    images = pipe(prompt=["a handwritten three"] * 2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+    card = (out / "README.md").read_text()
+    assert "a handwritten" in card  # the validation prompts came from the stream's own captions
+
+
+def test_streamed_class_conditioning_needs_a_classlabel(ldm_vae_dir, ldm_configs, tmp_path):  # noqa: F811
+    """A parquet stream's plain integer labels name no classes: a clear error naming --label_column, nothing
+    written."""
+    data = write_parquet_dataset(tmp_path / "digits-parquet", digits_rows(16, resolution=16))
+    out = tmp_path / "run"
+    argv = ldm_args(ldm_vae_dir, ldm_configs, out, "class")
+    argv[argv.index("--dataset_name") + 1] = data
+    j = argv.index("--max_train_samples")
+    del argv[j : j + 2]
+    with pytest.raises(ValueError, match=r"--conditioning class of a stream needs a ClassLabel column \(--label_col"):
+        train_ldm.main(train_ldm.parse_args([*argv, "--streaming"]))
+    assert not (out / "model_index.json").exists()
+    with pytest.raises(ValueError, match="--cache_latents with --streaming"):
+        train_ldm.parse_args([*argv, "--streaming", "--cache_latents"])
+
+
+@pytest.mark.slow
+def test_a_streamed_text_ldm_killed_mid_checkpoint_resumes_bit_identical(
+    ldm_vae_dir,  # noqa: F811
+    ldm_configs,  # noqa: F811
+    caption_shards,
+    tmp_path,
+):
+    from tests.training.kill_resume import check_kill_points
+
+    files = ["unet/diffusion_pytorch_model.safetensors"]
+
+    def args_for(out):
+        return streamed_ldm_args(ldm_vae_dir, ldm_configs, out, caption_shards)
+
+    assert check_kill_points("train_ldm.py", args_for, tmp_path, files, points=("checkpoint:4", "step:5")) == 2
+
+
+def test_the_autoencoder_streams_with_its_heldout_images_off_the_start(vae_config, caption_shards, tmp_path):  # noqa: F811
+    """train_vae.py from shards: the first --heldout_images examples are held out (never trained on), the rest is
+    streamed; the folder is an AutoencoderKL with its measured latent scale and held-out metrics."""
+    from diffusers import AutoencoderKL
+
+    from training import train_vae
+
+    config = vae_config
+    out = tmp_path / "run"
+    argv = [
+        "--model_config", str(config), "--train_shards", caption_shards, "--shuffle_buffer_size", "4",
+        "--output_dir", str(out), "--resolution", "16", "--train_batch_size", "4", "--heldout_images", "4",
+        "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "3",
+        "--num_validation_images", "2", "--logging_steps", "1", "--report_to", "none", "--disc_start", "100",
+    ]  # fmt: skip
+    train_vae.main(train_vae.parse_args(argv))
+    metrics = json.loads((out / "reconstruction_metrics.json").read_text())
+    assert metrics["heldout_images"] == 4 and np.isfinite(metrics["heldout_psnr"]) and metrics["scaling_factor"] > 0
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["data_positions"] == [{"epoch": 0, "batches": 3, "bad_samples": 0}]  # 20 left: 5 batches an epoch
+    vae = AutoencoderKL.from_pretrained(out)
+    assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
