@@ -17,7 +17,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # One process on the CPU; accelerate's flags spelled out so no config file is needed.
 LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
+.PHONY: app install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,13 @@ demo-ldm: $(STAMP)
 		--num_validation_images 100
 	@echo "autoencoder: $(VAE_RUN)/ (reconstructions.png: held-out input | reconstruction, reconstruction_metrics.json)"
 	@echo "text model:  $(LDM_RUN)/ (LatentDiffusionPipeline); prompted grid: $(LDM_RUN)/samples/ (row k = 'a handwritten digit k', w = 3)"
+
+APP_HOST ?= 127.0.0.1
+APP_PORT ?= 7860
+# The web app of the demo DDPM (docs/app.md) on http://$(APP_HOST):$(APP_PORT); trains it first (make demo) when absent.
+app: $(STAMP)
+	@test -f $(RUN)/model_index.json || $(MAKE) demo
+	$(BIN)/python -m custom_pipelines.app --pipeline $(RUN) --host $(APP_HOST) --port $(APP_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -rs --durations=15

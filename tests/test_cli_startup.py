@@ -14,6 +14,7 @@ CLIS = [
     ["-m", "training.sample"],
     ["-m", "custom_pipelines.evaluate"],
     ["-m", "custom_pipelines.optimize_timesteps"],
+    ["-m", "custom_pipelines.app"],
 ]
 HEAVY = ("torch", "diffusers", "accelerate", "datasets", "transformers")
 PROBE = """
