@@ -9,6 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # diffusers copies the pipeline.py shims it runs into HF_MODULES_CACHE (read at import): one folder per test
 # process, so parallel workers never race on ~/.cache/huggingface/modules
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf-modules-"))
+# --cache_latents keeps its shards for later runs: in a folder of this test process, never the user's HF_HOME
+os.environ.setdefault("CUSTOM_PIPELINES_LATENT_CACHE", tempfile.mkdtemp(prefix="latent-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

