@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args, given = parse_command_line(parser, argv)
     if args.model_config is None:
         args.model_config = DEFAULT_MODEL_CONFIG[args.stage or "srresnet"]
-    if args.dataset_name is None and args.train_data_dir is None:
+    if args.dataset_name is None and args.train_data_dir is None and args.train_shards is None:
         args.dataset_name = "photos"
     if not is_sr_folder(resolve_variant(args.model_config)):
         raise ValueError(f"--model_config {args.model_config!r} names no {GENERATOR_CLASS} {COMPONENT!r} component")
@@ -239,7 +239,7 @@ def used_recipe(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> str:
     import os
 
-    from custom_pipelines.data.paired import PairedPatchDataset, collate_pairs, training_images
+    from custom_pipelines.data.paired import PairedPatchDataset, collate_pairs, random_pair, training_images
     from custom_pipelines.io import write_json
     from custom_pipelines.pipelines.pipeline_super_resolution import SuperResolutionPipeline
     from custom_pipelines.training import Trainer, adamw, create_accelerator
@@ -249,8 +249,17 @@ def main(args: argparse.Namespace) -> str:
     generator, discriminator = build_models(args)
     content_loss, frozen = build_content_loss(args) if args.stage == "srgan" else (None, {})
     scale, channels = generator.config.scale_factor, generator.config.in_channels
-    images = training_images(args.dataset_name, args.train_data_dir, args.image_column, cache_dir=args.cache_dir)
-    dataset = PairedPatchDataset(images, args.resolution, scale, args.num_train_patches, args.seed, channels)
+    stream_item = None
+    if args.streaming:  # one random LR/HR pair cut from each streamed image, its randomness keyed by its place
+        from custom_pipelines.training.streaming import decode_image
+
+        dataset = None
+
+        def stream_item(example: dict, generator):
+            return random_pair(decode_image(example[args.image_column]), args.resolution, scale, channels, generator)
+    else:
+        images = training_images(args.dataset_name, args.train_data_dir, args.image_column, cache_dir=args.cache_dir)
+        dataset = PairedPatchDataset(images, args.resolution, scale, args.num_train_patches, args.seed, channels)
 
     def pipeline(trainer) -> SuperResolutionPipeline:
         pipe = SuperResolutionPipeline(upscaler=trainer.unwrap("generator"))
@@ -286,6 +295,7 @@ def main(args: argparse.Namespace) -> str:
         resolution=args.resolution,
         dataset=dataset,
         collate_fn=collate_pairs,
+        stream_item=stream_item,
         family=args.stage,
         pipeline_class="SuperResolutionPipeline",
         description=f"×{scale} super-resolution, {args.stage} stage ({GENERATOR_CLASS}, {objective}), trained on "

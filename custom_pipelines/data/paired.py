@@ -106,26 +106,32 @@ class PairedPatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_patches
 
-    def _image(self, index: int) -> Image.Image:
-        image = self.images[index].convert("L" if self.channels == 1 else "RGB")
-        if min(image.size) < self.hr_size:
-            factor = self.hr_size / min(image.size)
-            size = (max(self.hr_size, round(image.width * factor)), max(self.hr_size, round(image.height * factor)))
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        return image
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.num_patches:
             raise IndexError(f"patch index {i} out of range [0, {self.num_patches})")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        image = self._image(int(torch.multinomial(self.weights, 1, generator=generator)))
-        left = int(torch.randint(0, image.width - self.hr_size + 1, (), generator=generator))
-        top = int(torch.randint(0, image.height - self.hr_size + 1, (), generator=generator))
-        hr = image.crop((left, top, left + self.hr_size, top + self.hr_size))
-        if self.augment:
-            hr = _augment(hr, generator)
-        lr = bicubic_downscale(hr, self.scale)
-        return {"lr": to_tensor(lr) * 2 - 1, "hr": to_tensor(hr) * 2 - 1}
+        image = self.images[int(torch.multinomial(self.weights, 1, generator=generator))]
+        return random_pair(image, self.hr_size, self.scale, self.channels, generator, self.augment)
+
+
+def random_pair(
+    image: Image.Image, hr_size: int, scale: int, channels: int, generator: torch.Generator, augment: bool = True
+) -> dict[str, torch.Tensor]:
+    """One (LR, HR) pair of `image`: a random `hr_size` crop (the image enlarged first when smaller), flipped and
+    transposed at random (`augment`), bicubic-downscaled to its LR input; all randomness from `generator`. Both in
+    [-1, 1]: `{"lr": [C, h, w], "hr": [C, H, W]}`. A stream's examples (`--train_shards`) each give one."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    if min(image.size) < hr_size:
+        factor = hr_size / min(image.size)
+        size = (max(hr_size, round(image.width * factor)), max(hr_size, round(image.height * factor)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    left = int(torch.randint(0, image.width - hr_size + 1, (), generator=generator))
+    top = int(torch.randint(0, image.height - hr_size + 1, (), generator=generator))
+    hr = image.crop((left, top, left + hr_size, top + hr_size))
+    if augment:
+        hr = _augment(hr, generator)
+    lr = bicubic_downscale(hr, scale)
+    return {"lr": to_tensor(lr) * 2 - 1, "hr": to_tensor(hr) * 2 - 1}
 
 
 def collate_pairs(items: list[dict]) -> dict[str, torch.Tensor]:

@@ -206,16 +206,24 @@ class TransformedImages(ImageItems):
         return self.transform.maybe_flip(self.pixel_values[index], generator)
 
 
-def make_streaming_dataloader(args, resolution: int, channels: int, stream=None):
+def make_streaming_dataloader(args, resolution: int, channels: int, stream=None, to_item=None, collate_fn=None):
     """`--streaming` / `--train_shards` images → (the rank's `StreamingExamples`, a DataLoader over them). `stream`:
     a `datasets.IterableDataset` the script prepared from `load_stream(args)` (a caption column added, a held-out
-    part skipped); default: `load_stream(args)` itself.
+    part skipped); default: `load_stream(args)` itself. `to_item(example, generator)` and `collate_fn` replace the
+    image items and their collate (LR/HR pairs cut from each streamed image).
 
     The loader is not prepared by accelerate: datasets already gave this rank its share, and accelerate would split
     it again. Full batches only, so every rank's step has the same batch size."""
     from accelerate import PartialState
 
-    from .streaming import UNDECODABLE, collate_stream, decode_image, load_stream, streaming_image_items
+    from .streaming import (
+        UNDECODABLE,
+        StreamingExamples,
+        collate_stream,
+        decode_image,
+        load_stream,
+        streaming_image_items,
+    )
 
     stream = load_stream(args) if stream is None else stream
     if args.class_filter:
@@ -236,14 +244,19 @@ def make_streaming_dataloader(args, resolution: int, channels: int, stream=None)
     check_image_channels(args, probe, channels)
     transform = ImageTransform(resolution, channels, center_crop=args.center_crop, random_flip=args.random_flip)
     state, workers = PartialState(), resolve_num_workers(args.dataloader_num_workers)
-    items = streaming_image_items(
-        args, stream, transform, rank=state.process_index, world_size=state.num_processes, num_workers=workers
-    )
+    share = {"rank": state.process_index, "world_size": state.num_processes, "num_workers": workers}
+    if to_item is None:
+        items = streaming_image_items(args, stream, transform, **share)
+    else:
+        items = StreamingExamples(
+            stream, to_item, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+            batch_size=args.train_batch_size, **share,
+        )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         items,
         batch_size=args.train_batch_size,
         drop_last=True,
-        collate_fn=collate_stream(_collate),
+        collate_fn=collate_stream(collate_fn or _collate),
         num_workers=workers,
         pin_memory=_on_cuda(),
         # its own generator: every `iter(loader)` draws a base seed, which would otherwise come from the global RNG

@@ -38,7 +38,7 @@ BAD_SAMPLE = "bad_sample"  # the key of an item whose image could not be decoded
 
 
 # the training scripts whose data can stream (the others say so and stop)
-STREAMING_SCRIPTS = ("train_ddpm.py", "train_cfg.py", "train_gan.py", "train_ldm.py", "train_vae.py")
+STREAMING_SCRIPTS = ("train_ddpm.py", "train_cfg.py", "train_gan.py", "train_ldm.py", "train_vae.py", "train_srgan.py")
 
 
 def is_stream(dataset) -> bool:

@@ -205,6 +205,8 @@ class Trainer:
         collate_fn: `fn(list of dataset items) -> batch dict`; when given, `dataset` is used as it is (LR/HR
             pairs, two domains, cached latents, image + caption). Without it the items are images (and labels),
             transformed to `pixel_values` in [-1, 1].
+        stream_item: with `--streaming`, `fn(raw example, generator) -> item` that `collate_fn` batches (all its
+            randomness from the generator, keyed by the example's place in the stream: exact resume).
         extra_state: optional object with `state_dict()` / `load_state_dict()` (e.g. a growing stage, image
             pools), saved in every checkpoint: JSON values, plus tensors (stored as safetensors). Every rank calls
             `state_dict()` (it may gather across ranks); rank 0 writes it.
@@ -238,6 +240,7 @@ class Trainer:
         uses_generator: bool = True,
         dataset=None,
         collate_fn: Callable[[list], dict] | None = None,
+        stream_item: Callable[[dict, torch.Generator], dict] | None = None,
         build_pipeline: Callable[[Trainer], Any] | None = None,
         eval_pipeline_kwargs: dict | None = None,
     ):
@@ -265,7 +268,9 @@ class Trainer:
         # batches read in it are counted here, per rank, and kept in checkpoints (exact resume)
         self.streaming = bool(getattr(args, "streaming", False))
         self.data_position = {"epoch": 0, "batches": 0, "bad_samples": 0}
-        self._prepare(models, optimizers, self._dataloader(dataset, collate_fn, resolution, image_channels))
+        self._prepare(
+            models, optimizers, self._dataloader(dataset, collate_fn, resolution, image_channels, stream_item)
+        )
         if not self.streaming and len(self.dataloader) == 0:  # each process's share holds no full batch
             n = accelerator.num_processes
             raise ValueError(
@@ -292,14 +297,16 @@ class Trainer:
             init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else {}
             accelerator.init_trackers(f"train_{family}", config=_scalar_config(args), init_kwargs=init_kwargs)
 
-    def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int):
+    def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int, stream_item=None):
         if self.streaming:
-            if collate_fn is not None or not (dataset is None or is_stream(dataset)):
+            if (collate_fn is not None and stream_item is None) or not (dataset is None or is_stream(dataset)):
                 raise ValueError(
                     f"--streaming / --train_shards: the {self.family} script reads its own dataset, which does not "
                     f"stream yet; {', '.join(STREAMING_SCRIPTS)} stream"
                 )
-            self.dataset, loader = make_streaming_dataloader(self.args, resolution, image_channels, stream=dataset)
+            self.dataset, loader = make_streaming_dataloader(
+                self.args, resolution, image_channels, stream=dataset, to_item=stream_item, collate_fn=collate_fn
+            )
             return loader
         self.dataset = dataset if dataset is not None else load_train_dataset(self.args, resolution)
         if collate_fn is not None:

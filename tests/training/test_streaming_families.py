@@ -1,6 +1,7 @@
 """Streaming beyond plain images: text-to-image latent diffusion from webdataset shards of image + caption
 (`KEY.png` + `KEY.txt`), the captions encoded batch by batch; the autoencoder from a stream with its held-out images
-taken off the stream's start; a kill mid-run resumes the streamed LDM bit-identically."""
+taken off the stream's start; super-resolution pairs cut from streamed photos; a kill mid-run resumes the streamed
+LDM bit-identically."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tests.training.streaming_data import digits_rows, write_parquet_dataset, wr
 from tests.training.test_train_ldm import configs as ldm_configs  # noqa: F401 (fixtures of the tiny LDM)
 from tests.training.test_train_ldm import tiny_args as ldm_args
 from tests.training.test_train_ldm import vae_dir as ldm_vae_dir  # noqa: F401
+from tests.training.test_train_srgan import configs as sr_configs  # noqa: F401 (tiny SRResNet / SRGAN variants)
+from tests.training.test_train_srgan import tiny_args as sr_args
 from tests.training.test_train_vae import config as vae_config  # noqa: F401 (the tiny VAE + PatchGAN variant)
 from training import train_ldm
 
@@ -110,3 +113,38 @@ def test_the_autoencoder_streams_with_its_heldout_images_off_the_start(vae_confi
     assert state["data_positions"] == [{"epoch": 0, "batches": 3, "bad_samples": 0}]  # 20 left: 5 batches an epoch
     vae = AutoencoderKL.from_pretrained(out)
     assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory):
+    """12 RGB crops (48×48) of scikit-image's training photos in 2 webdataset shards."""
+    import io
+
+    from custom_pipelines.data.paired import TRAIN_PHOTOS, bundled_photo
+
+    rows = []
+    for i in range(12):
+        photo = bundled_photo(TRAIN_PHOTOS[i % len(TRAIN_PHOTOS)])
+        left, top = 20 * i, 10 * i
+        buffer = io.BytesIO()
+        photo.crop((left, top, left + 48, top + 48)).save(buffer, format="PNG")
+        rows.append((buffer.getvalue(), 0))
+    return write_tar_shards(tmp_path_factory.mktemp("photos"), rows, num_shards=2)
+
+
+def test_super_resolution_cuts_its_pairs_from_a_stream(sr_configs, photo_shards, tmp_path):  # noqa: F811
+    """train_srgan.py from shards: one random LR/HR pair per streamed photo, the saved pipeline upscales ×4."""
+    from custom_pipelines.pipelines.pipeline_super_resolution import SuperResolutionPipeline
+    from training import train_srgan
+
+    out = tmp_path / "run"
+    argv = [*sr_args(sr_configs, "srresnet", out), "--train_shards", photo_shards, "--shuffle_buffer_size", "4"]
+    del argv[argv.index("--num_train_patches") : argv.index("--num_train_patches") + 2]
+    train_srgan.main(train_srgan.parse_args(argv))
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["data_positions"] == [{"epoch": 1, "batches": 1, "bad_samples": 0}]  # 12 photos: 3 batches of 4
+    pipe = SuperResolutionPipeline.from_pretrained(out)
+    from PIL import Image
+
+    upscaled = pipe(image=Image.new("RGB", (8, 8), (120, 60, 30)), output_type="np").images
+    assert upscaled.shape == (1, 32, 32, 3) and np.isfinite(upscaled).all()

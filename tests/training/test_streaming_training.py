@@ -116,8 +116,8 @@ def test_scripts_that_cannot_stream_yet_say_so(tmp_path, shards):
     from custom_pipelines.training.data import load_train_dataset
 
     args = train_ddpm.parse_args(stream_args(tmp_path, shards))
-    with pytest.raises(ValueError, match=r"--streaming / --train_shards: .* train_ldm.py, train_vae.py stream"):
-        load_train_dataset(args, 8)  # what the srgan and cyclegan scripts read their data with
+    with pytest.raises(ValueError, match=r"--streaming / --train_shards: .* train_vae.py, train_srgan.py stream"):
+        load_train_dataset(args, 8)  # what the cyclegan script reads its data with
 
 
 def test_class_conditional_training_streams_with_num_classes(tmp_path, shards):
