@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--pool_size", type=int, default=50, help="past fakes per image pool (0: no pool)")
     group.add_argument("--pool_return_probability", type=float, default=0.5, help="chance a full pool swaps")
     group.add_argument("--dataset_name_b", default=None, help="domain B's dataset when --dataset_name is domain A")
+    group.add_argument("--train_shards_b", default=None, help="domain B's shards when --train_shards is domain A")
     group.add_argument("--domain_column", default=None, help="one dataset: the column that names each image's domain")
     group.add_argument("--domain_a", default=None, help="the --domain_column value (or class name) of domain A")
     group.add_argument("--domain_b", default=None, help="the --domain_column value (or class name) of domain B")
@@ -92,6 +93,8 @@ def validate_args(args: argparse.Namespace) -> None:
         if not 0 <= getattr(args, name) < float("inf"):  # NaN fails too
             raise ValueError(f"--{name} must be >= 0 and finite, got {getattr(args, name)}")
     validate_domain_args(args)
+    if args.train_shards_b is not None and args.train_shards is None:
+        raise ValueError("--train_shards_b is domain B's half of a streamed pair: give --train_shards (domain A) too")
     if args.pool_size < 0:
         raise ValueError(f"--pool_size must be >= 0 (0: no pool), got {args.pool_size}")
     if not 0.0 <= args.pool_return_probability <= 1.0:
@@ -225,6 +228,51 @@ def used_recipe(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in RECIPE_KEYS}
 
 
+def streamed_domains(args, channels: int):
+    """(the rank's `ZippedStreams` of A and B items, held-out A, held-out B) for `--streaming` / `--train_shards`: the
+    first `--num_eval_images` of each domain's stream (stored order) are held out and skipped by training."""
+    import torch
+    from accelerate import PartialState
+
+    from custom_pipelines.data import ImageTransform
+    from custom_pipelines.data.unpaired import ImageDomain, image_dataset
+    from custom_pipelines.training.data import resolve_num_workers
+    from custom_pipelines.training.streaming import ZippedStreams, decode_image, domain_streams
+
+    column, n = args.image_column, args.num_eval_images
+    streams, held_out = [], []
+    for offset, stream in enumerate(domain_streams(args)):
+        images = [decode_image(example[column]) for example in stream.take(n)]
+        if len(images) < n:
+            raise ValueError(f"--num_eval_images {n}: domain {'AB'[offset]}'s stream holds only {len(images)} images")
+        eval_transform = ImageTransform(args.resolution, channels, center_crop=True)
+        held_out.append(ImageDomain(image_dataset(images), eval_transform))
+        streams.append(stream.skip(n))
+    train = ImageTransform(args.resolution, channels, center_crop=False, random_flip=args.random_flip)
+
+    def to_item(example: dict, generator: torch.Generator) -> dict:
+        return {side: train(decode_image(example[side][column]), generator) for side in ("a", "b")}
+
+    state = PartialState()
+    items = ZippedStreams(
+        *streams, to_item, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size, rank=state.process_index,
+        world_size=state.num_processes, batch_size=args.train_batch_size,
+        num_workers=resolve_num_workers(args.dataloader_num_workers),
+    )  # fmt: skip
+    return items, held_out[0], held_out[1]
+
+
+def collate_domains(items) -> dict:
+    """A batch of (A, B) image pairs, from the map-style `UnpairedDataset` (tuples) or a stream (dicts)."""
+    import torch
+
+    pairs = [(item["a"], item["b"]) if isinstance(item, dict) else item for item in items]
+    return {
+        "pixel_values_a": torch.stack([a for a, _ in pairs]),
+        "pixel_values_b": torch.stack([b for _, b in pairs]),
+    }
+
+
 def main(args: argparse.Namespace) -> str:
     import numpy as np
     import torch
@@ -241,16 +289,20 @@ def main(args: argparse.Namespace) -> str:
     models = build_models(args)
     channels = check_channels(models)
     identity = args.lambda_identity > 0
-    domains = load_unpaired_domains(
-        args.dataset_name, args.train_data_dir, resolution=args.resolution, dataset_name_b=args.dataset_name_b,
-        domain_column=args.domain_column, domain_a=args.domain_a, domain_b=args.domain_b,
-        image_column=args.image_column, holdout_fraction=args.holdout_fraction, seed=args.seed,
-    )  # fmt: skip
-    if args.max_train_samples is not None:
-        domains.train_a = domains.train_a.select(range(min(args.max_train_samples, len(domains.train_a))))
-    dataset, test_a, test_b = unpaired_training_data(
-        domains, args.resolution, channels, random_flip=args.random_flip, seed=args.seed
-    )
+    if args.streaming:  # two streams read side by side; the first --num_eval_images of each are held out
+        dataset, test_a, test_b = streamed_domains(args, channels)
+        domains = argparse.Namespace(name_a="A", name_b="B")
+    else:
+        domains = load_unpaired_domains(
+            args.dataset_name, args.train_data_dir, resolution=args.resolution, dataset_name_b=args.dataset_name_b,
+            domain_column=args.domain_column, domain_a=args.domain_a, domain_b=args.domain_b,
+            image_column=args.image_column, holdout_fraction=args.holdout_fraction, seed=args.seed,
+        )  # fmt: skip
+        if args.max_train_samples is not None:
+            domains.train_a = domains.train_a.select(range(min(args.max_train_samples, len(domains.train_a))))
+        dataset, test_a, test_b = unpaired_training_data(
+            domains, args.resolution, channels, random_flip=args.random_flip, seed=args.seed
+        )
     objective = CycleGANObjective(args.lambda_cycle, args.lambda_identity)
     # global RNG (generator=None): accelerate checkpoints it on every rank, PoolsState the pools' contents
     pools = {domain: ImagePool(args.pool_size, args.pool_return_probability) for domain in ("a", "b")}
@@ -319,7 +371,7 @@ def main(args: argparse.Namespace) -> str:
         example_setup=example_setup(args),
         uses_generator=False,
         dataset=dataset,
-        collate_fn=dataset.collate,
+        collate_fn=collate_domains,
         extra_state=PoolsState(pools, accelerator),  # the pools' images as safetensors in each checkpoint
     )
     if resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) is None:

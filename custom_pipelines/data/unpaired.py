@@ -73,7 +73,8 @@ def _holdout(indices: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarr
     return indices[n_test:], indices[:n_test]
 
 
-def _image_dataset(images: list[Image.Image]):
+def image_dataset(images: list[Image.Image]):
+    """Decoded images as a `datasets.Dataset` with one `image` column (what `ImageDomain` reads)."""
     import datasets
 
     return datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
@@ -92,7 +93,7 @@ def digits_thick_domains(
 
     def domain(indices, thick: bool):
         images = [digits[int(i)]["image"] for i in indices]
-        return _image_dataset([thicken_strokes(im) for im in images] if thick else images)
+        return image_dataset([thicken_strokes(im) for im in images] if thick else images)
 
     return UnpairedDomains(
         domain(train_a, False), domain(train_b, True), domain(test_a, False), domain(test_b, True), "thin", "thick"
@@ -122,10 +123,10 @@ def photos_posterized_domains(
     n, n_test = 256, max(1, round(256 * holdout_fraction))
     a, b = crops(n), [posterize(c) for c in crops(n)]
     return UnpairedDomains(
-        _image_dataset(a[n_test:]),
-        _image_dataset(b[n_test:]),
-        _image_dataset(a[:n_test]),
-        _image_dataset(b[:n_test]),
+        image_dataset(a[n_test:]),
+        image_dataset(b[n_test:]),
+        image_dataset(a[:n_test]),
+        image_dataset(b[:n_test]),
         "photo",
         "posterized",
     )

@@ -210,16 +210,12 @@ def make_streaming_dataloader(args, resolution: int, channels: int, stream=None,
     """`--streaming` / `--train_shards` images → (the rank's `StreamingExamples`, a DataLoader over them). `stream`:
     a `datasets.IterableDataset` the script prepared from `load_stream(args)` (a caption column added, a held-out
     part skipped); default: `load_stream(args)` itself. `to_item(example, generator)` and `collate_fn` replace the
-    image items and their collate (LR/HR pairs cut from each streamed image).
-
-    The loader is not prepared by accelerate: datasets already gave this rank its share, and accelerate would split
-    it again. Full batches only, so every rank's step has the same batch size."""
+    image items and their collate (LR/HR pairs cut from each streamed image)."""
     from accelerate import PartialState
 
     from .streaming import (
         UNDECODABLE,
         StreamingExamples,
-        collate_stream,
         decode_image,
         load_stream,
         streaming_image_items,
@@ -252,15 +248,23 @@ def make_streaming_dataloader(args, resolution: int, channels: int, stream=None,
             stream, to_item, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
             batch_size=args.train_batch_size, **share,
         )  # fmt: skip
+    return items, stream_loader(args, items, collate_fn or _collate)
+
+
+def stream_loader(args, items, collate_fn) -> torch.utils.data.DataLoader:
+    """A DataLoader over a rank's `StreamingExamples`: not prepared by accelerate (datasets already gave this rank
+    its share, and accelerate would split it again); full batches only, so every rank's step has the same size."""
+    from .streaming import collate_stream
+
     loader = torch.utils.data.DataLoader(
         items,
         batch_size=args.train_batch_size,
         drop_last=True,
-        collate_fn=collate_stream(collate_fn or _collate),
-        num_workers=workers,
+        collate_fn=collate_stream(collate_fn),
+        num_workers=resolve_num_workers(args.dataloader_num_workers),
         pin_memory=_on_cuda(),
         # its own generator: every `iter(loader)` draws a base seed, which would otherwise come from the global RNG
         # that the training noise draws from, and a resumed run starts one more iterator than the straight one
         generator=torch.Generator().manual_seed(args.seed),
     )
-    return items, loader
+    return loader

@@ -38,7 +38,10 @@ BAD_SAMPLE = "bad_sample"  # the key of an item whose image could not be decoded
 
 
 # the training scripts whose data can stream (the others say so and stop)
-STREAMING_SCRIPTS = ("train_ddpm.py", "train_cfg.py", "train_gan.py", "train_ldm.py", "train_vae.py", "train_srgan.py")
+STREAMING_SCRIPTS = (
+    "train_ddpm.py", "train_cfg.py", "train_gan.py", "train_ldm.py", "train_vae.py", "train_srgan.py",
+    "train_cyclegan.py",
+)  # fmt: skip
 
 
 def is_stream(dataset) -> bool:
@@ -216,11 +219,14 @@ class StreamingExamples(torch.utils.data.IterableDataset):
         return int(batches) - self.skip_batches
 
     def _rank_stream(self):
+        return self._share(self.stream, self.seed)
+
+    def _share(self, stream, seed: int):
+        """This rank's share of `stream` in the current epoch, shuffled by `seed` (a worker then reads its shards)."""
         from datasets.distributed import split_dataset_by_node
 
-        stream = self.stream
         if self.shuffle_buffer_size > 1:
-            stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
+            stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer_size)
         stream.set_epoch(self.epoch)
         return split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
 
@@ -239,6 +245,60 @@ class StreamingExamples(torch.utils.data.IterableDataset):
             except UNDECODABLE as err:  # the stream goes on; the trainer counts it against --max_bad_samples
                 where = f"epoch {self.epoch}, rank {self.rank}, example {position} of worker {worker}"
                 yield {BAD_SAMPLE: f"{where}: {type(err).__name__}: {err}"}
+
+
+class ZippedStreams(StreamingExamples):
+    """Two streams read side by side (CycleGAN's two domains): the k-th example of an epoch is `{"a": A's k-th, "b":
+    B's k-th}` of this rank's (and worker's) share of each, B shuffled with its own seed; the epoch ends with the
+    shorter share. Everything else (resume by skipping, per-item generators, bad samples) is `StreamingExamples`'."""
+
+    def __init__(self, stream_a, stream_b, to_item, **kwargs):
+        super().__init__(stream_a, to_item, **kwargs)
+        self.stream_b = stream_b
+
+    def _rank_stream(self):
+        pairs = zip(self._share(self.stream, self.seed), self._share(self.stream_b, self.seed + 1))
+        return ({"a": a, "b": b} for a, b in pairs)
+
+
+def domain_streams(args) -> tuple:
+    """CycleGAN's two domains as streams: `--train_shards` + `--train_shards_b`, `--dataset_name` +
+    `--dataset_name_b`, a `--train_data_dir` with `trainA/` and `trainB/`, or one stream split by `--domain_column`
+    (`--domain_a` / `--domain_b`: values, or a `ClassLabel`'s names)."""
+    import argparse
+
+    import datasets
+
+    if args.domain_column is not None:
+        stream = load_stream(args)
+        feature = (stream.features or {}).get(args.domain_column)
+        if feature is None:
+            raise ValueError(f"--domain_column={args.domain_column!r} is not a column of the stream")
+
+        def value(given):
+            if isinstance(feature, datasets.ClassLabel) and not str(given).isdigit():
+                return feature.str2int(str(given))
+            return int(given) if isinstance(feature, datasets.ClassLabel) or str(given).isdigit() else given
+
+        column, a, b = args.domain_column, value(args.domain_a), value(args.domain_b)
+        return stream.filter(lambda e: e[column] == a), stream.filter(lambda e: e[column] == b)
+    if args.train_data_dir is not None:
+        parts = [os.path.join(args.train_data_dir, name) for name in ("trainA", "trainB")]
+        missing = [p for p in parts if not os.path.isdir(p)]
+        if missing:
+            raise ValueError(
+                f"--train_data_dir {args.train_data_dir!r} must hold trainA/ and trainB/: {missing} missing"
+            )
+        sources = [{"train_data_dir": p, "dataset_name": None, "train_shards": None} for p in parts]
+    else:
+        b = {"train_shards": args.train_shards_b, "dataset_name": args.dataset_name_b, "train_data_dir": None}
+        if b["train_shards"] is None and b["dataset_name"] is None:
+            raise ValueError(
+                "a streamed CycleGAN needs domain B: --train_shards_b (with --train_shards), --dataset_name_b (with "
+                "--dataset_name), or --domain_column with --domain_a and --domain_b"
+            )
+        sources = [{}, b]
+    return tuple(load_stream(argparse.Namespace(**{**vars(args), **source})) for source in sources)
 
 
 def streaming_image_items(args, stream, transform, *, rank: int, world_size: int, num_workers: int):

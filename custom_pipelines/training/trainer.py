@@ -46,7 +46,13 @@ from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 from . import fsdp
 from .checkpoint import load_checkpoint, read_checkpoint_state, resolve_checkpoint, save_checkpoint
 from .compile_check import install_compile_check, is_compiled
-from .data import load_train_dataset, make_dataloader, make_image_dataloader, make_streaming_dataloader
+from .data import (
+    load_train_dataset,
+    make_dataloader,
+    make_image_dataloader,
+    make_streaming_dataloader,
+    stream_loader,
+)
 from .output_dir import SUMMARY_FILE
 from .preflight import apply_output_dir, check_push_possible, prepare_output_dir
 from .reporting import (
@@ -59,7 +65,7 @@ from .reporting import (
     push_folder_to_hub,
     write_model_card,
 )
-from .streaming import STREAMING_SCRIPTS, is_stream
+from .streaming import STREAMING_SCRIPTS, StreamingExamples, is_stream
 
 logger = get_logger(__name__)
 
@@ -298,6 +304,9 @@ class Trainer:
             accelerator.init_trackers(f"train_{family}", config=_scalar_config(args), init_kwargs=init_kwargs)
 
     def _dataloader(self, dataset, collate_fn, resolution: int, image_channels: int, stream_item=None):
+        if self.streaming and isinstance(dataset, StreamingExamples):  # the script built the rank's share itself
+            self.dataset = dataset
+            return stream_loader(self.args, dataset, collate_fn)
         if self.streaming:
             if (collate_fn is not None and stream_item is None) or not (dataset is None or is_stream(dataset)):
                 raise ValueError(

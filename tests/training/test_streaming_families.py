@@ -1,7 +1,7 @@
 """Streaming beyond plain images: text-to-image latent diffusion from webdataset shards of image + caption
 (`KEY.png` + `KEY.txt`), the captions encoded batch by batch; the autoencoder from a stream with its held-out images
-taken off the stream's start; super-resolution pairs cut from streamed photos; a kill mid-run resumes the streamed
-LDM bit-identically."""
+taken off the stream's start; super-resolution pairs cut from streamed photos; CycleGAN's two domains as two
+streams; kills mid-run resume the streamed LDM and CycleGAN bit-identically."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from custom_pipelines.pipelines.pipeline_latent_diffusion import LatentDiffusionPipeline
 from tests.training.streaming_data import digits_rows, write_parquet_dataset, write_tar_shards
+from tests.training.test_train_cyclegan import config as cyclegan_config  # noqa: F401 (the tiny CycleGAN)
+from tests.training.test_train_cyclegan import tiny_args as cyclegan_args
 from tests.training.test_train_ldm import configs as ldm_configs  # noqa: F401 (fixtures of the tiny LDM)
 from tests.training.test_train_ldm import tiny_args as ldm_args
 from tests.training.test_train_ldm import vae_dir as ldm_vae_dir  # noqa: F401
@@ -70,8 +72,6 @@ def test_streamed_class_conditioning_needs_a_classlabel(ldm_vae_dir, ldm_configs
     with pytest.raises(ValueError, match=r"--conditioning class of a stream needs a ClassLabel column \(--label_col"):
         train_ldm.main(train_ldm.parse_args([*argv, "--streaming"]))
     assert not (out / "model_index.json").exists()
-    with pytest.raises(ValueError, match="--cache_latents with --streaming"):
-        train_ldm.parse_args([*argv, "--streaming", "--cache_latents"])
 
 
 @pytest.mark.slow
@@ -148,3 +148,54 @@ def test_super_resolution_cuts_its_pairs_from_a_stream(sr_configs, photo_shards,
 
     upscaled = pipe(image=Image.new("RGB", (8, 8), (120, 60, 30)), output_type="np").images
     assert upscaled.shape == (1, 32, 32, 3) and np.isfinite(upscaled).all()
+
+
+@pytest.fixture(scope="module")
+def domain_shards(tmp_path_factory):
+    """Two domains as two sets of webdataset shards: 16 digits (A) and 16 other digits, strokes thickened (B)."""
+    import io
+
+    from PIL import Image
+
+    from custom_pipelines.data.unpaired import thicken_strokes
+
+    rows = digits_rows(32, resolution=8)
+    thick = []
+    for png, label in rows[16:]:
+        buffer = io.BytesIO()
+        thicken_strokes(Image.open(io.BytesIO(png))).save(buffer, format="PNG")
+        thick.append((buffer.getvalue(), label))
+    root = tmp_path_factory.mktemp("domains")
+    return write_tar_shards(root / "a", rows[:16], 2), write_tar_shards(root / "b", thick, 2)
+
+
+def test_cyclegan_reads_its_two_domains_as_two_streams(cyclegan_config, domain_shards, tmp_path):  # noqa: F811
+    """train_cyclegan.py with --train_shards (A) and --train_shards_b (B): each item pairs the k-th of both streams,
+    the first --num_eval_images of each are held out for the cycle error, the pipeline translates both ways; a kill
+    after an update resumes bit-identically."""
+    from custom_pipelines.pipelines.pipeline_cyclegan import CycleGANPipeline
+    from tests.training.kill_resume import check_kill_points
+    from training import train_cyclegan
+
+    shards_a, shards_b = domain_shards
+
+    def args_for(out):
+        argv = [*cyclegan_args(cyclegan_config, out), "--train_shards", shards_a, "--train_shards_b", shards_b]
+        argv += ["--shuffle_buffer_size", "4", "--num_eval_images", "4", "--checkpointing_steps", "2"]
+        for flag in ("--dataset_name", "--max_train_samples"):
+            del argv[argv.index(flag) : argv.index(flag) + 2]
+        return argv
+
+    out = tmp_path / "run"
+    train_cyclegan.main(train_cyclegan.parse_args(args_for(out)))
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["data_positions"] == [{"epoch": 1, "batches": 3, "bad_samples": 0}]  # 12 pairs: 3 batches of 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/cycle_l1_a" in r for r in rows) and all(np.isfinite(r.get("d_loss", 0.0)) for r in rows)
+    pipe = CycleGANPipeline.from_pretrained(out)
+    from PIL import Image
+
+    translated = pipe(image=Image.new("L", (8, 8), 128), direction="b_to_a", output_type="np").images
+    assert translated.shape == (1, 8, 8, 1) and np.isfinite(translated).all()
+    files = ["generator_a_to_b/diffusion_pytorch_model.safetensors"]
+    assert check_kill_points("train_cyclegan.py", args_for, tmp_path, files, points=("step:3",)) == 1

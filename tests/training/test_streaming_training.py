@@ -112,12 +112,12 @@ def test_two_processes_stream_their_own_shares(tmp_path, shards):
     assert [p["epoch"] for p in state["data_positions"]] == [1, 1]
 
 
-def test_scripts_that_cannot_stream_yet_say_so(tmp_path, shards):
+def test_reading_a_stream_as_a_map_style_dataset_is_refused(tmp_path, shards):
     from custom_pipelines.training.data import load_train_dataset
 
     args = train_ddpm.parse_args(stream_args(tmp_path, shards))
-    with pytest.raises(ValueError, match=r"--streaming / --train_shards: .* train_vae.py, train_srgan.py stream"):
-        load_train_dataset(args, 8)  # what the cyclegan script reads its data with
+    with pytest.raises(ValueError, match=r"--streaming / --train_shards: .* train_srgan.py, train_cyclegan.py stream"):
+        load_train_dataset(args, 8)  # a script path that would read the whole dataset says so
 
 
 def test_class_conditional_training_streams_with_num_classes(tmp_path, shards):
