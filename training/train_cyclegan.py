@@ -283,9 +283,17 @@ def main(args: argparse.Namespace) -> str:
     from custom_pipelines.pipelines.pipeline_cyclegan import CycleGANPipeline
     from custom_pipelines.training import Trainer, adamw, create_accelerator, image_grid
     from custom_pipelines.training.checkpoint import resolve_checkpoint
+    from custom_pipelines.training.fsdp import is_sharded
     from custom_pipelines.training.reporting import Code, append_metrics
 
     accelerator = create_accelerator(args)  # seeds the RNG first: the initial weights follow --seed
+    if is_sharded(accelerator):
+        # its generator step calls each discriminator directly (not through the pair's forward, so that DDP syncs
+        # them only in their own step); under FSDP2 that first call makes the inner model a root of its own
+        raise ValueError(
+            "--use_fsdp: train_cyclegan.py calls its discriminators outside their wrapper's forward, which FSDP2 "
+            "cannot shard; launch it with DDP (--multi_gpu), which it is tested with"
+        )
     models = build_models(args)
     channels = check_channels(models)
     identity = args.lambda_identity > 0

@@ -267,6 +267,10 @@ class CycleGANGenerators(nn.Module):
         super().__init__()
         self.generator_a_to_b, self.generator_b_to_a = generator_a_to_b, generator_b_to_a
 
+    def rewrap(self, generator_a_to_b: nn.Module, generator_b_to_a: nn.Module) -> CycleGANGenerators:
+        """The same pair around other generators (FSDP's gather builds an unsharded copy this way)."""
+        return type(self)(generator_a_to_b, generator_b_to_a)
+
     def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True) -> dict:
         fake_b, fake_a = self.generator_a_to_b(real_a), self.generator_b_to_a(real_b)
         out = {
@@ -289,6 +293,10 @@ class CycleGANDiscriminators(nn.Module):
     def __init__(self, discriminator_a: nn.Module, discriminator_b: nn.Module):
         super().__init__()
         self.discriminator_a, self.discriminator_b = discriminator_a, discriminator_b
+
+    def rewrap(self, discriminator_a: nn.Module, discriminator_b: nn.Module) -> CycleGANDiscriminators:
+        """The same pair around other discriminators (FSDP's gather builds an unsharded copy this way)."""
+        return type(self)(discriminator_a, discriminator_b)
 
     def forward(self, real_a, fake_a, real_b, fake_b) -> tuple[torch.Tensor, dict]:
         loss_a = CycleGANObjective.discriminator_loss(self.discriminator_a(real_a), self.discriminator_a(fake_a))

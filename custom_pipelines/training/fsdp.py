@@ -71,6 +71,7 @@ def block_class_names(model: torch.nn.Module) -> list[str]:
             children = list(module)
         elif leaf == "mid_block" and module is not model:
             children = [module]
+
         for child in children:
             if any(True for _ in child.parameters()) and type(child).__name__ not in names:
                 names.append(type(child).__name__)
@@ -165,13 +166,14 @@ def _unsharded_class(model: torch.nn.Module) -> type:
 
 
 def _plain_copy(name: str, model: torch.nn.Module) -> torch.nn.Module:
-    """A fresh, unsharded module of `model`'s structure: from its config, or for a training-forward wrapper around
-    one config model (a GAN's `GeneratorForward`, the VAE's `VAETrainingForward`) its `rewrap` of a fresh copy."""
+    """A fresh, unsharded module of `model`'s structure: from its config, or for a training wrapper around config
+    models (a GAN's `GeneratorForward`, the VAE's `VAETrainingForward`, CycleGAN's generator and discriminator pairs)
+    its `rewrap` of fresh copies of them, in `children()` order."""
     if hasattr(model, "config"):
         return _unsharded_class(model).from_config(model.config)
     inner = [child for child in model.children() if hasattr(child, "config")]
-    if hasattr(model, "rewrap") and len(inner) == 1:
-        return model.rewrap(_plain_copy(name, inner[0]))
+    if hasattr(model, "rewrap") and inner:
+        return model.rewrap(*(_plain_copy(name, child) for child in inner))
     raise ValueError(f"model {name!r} ({_unsharded_class(model).__name__}) has no config to rebuild it unsharded from")
 
 

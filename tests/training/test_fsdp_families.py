@@ -18,9 +18,12 @@ from custom_pipelines.gan.dcgan import DCGANCritic, DCGANGenerator
 from custom_pipelines.hub.configs import HUB_CONFIGS_DIR
 from tests.training.processes import launch_two_processes
 from tests.training.test_fsdp import launch_fsdp, summary_of
+from tests.training.test_train_cyclegan import config as cyclegan_config  # noqa: F401 (the tiny CycleGAN)
 from tests.training.test_train_ldm import configs as ldm_configs  # noqa: F401 (fixtures of the tiny LDM)
 from tests.training.test_train_ldm import tiny_args
 from tests.training.test_train_ldm import vae_dir as ldm_vae_dir  # noqa: F401
+from tests.training.test_train_srgan import configs as sr_configs  # noqa: F401 (tiny SRResNet / SRGAN variants)
+from tests.training.test_train_srgan import tiny_args as sr_args
 from tests.training.test_train_vae import config as vae_config  # noqa: F401 (the tiny VAE + PatchGAN variant)
 from tests.training.test_train_vae import tiny_args as vae_args
 
@@ -155,3 +158,25 @@ def test_text_latent_diffusion_trains_sharded_like_ddp(ldm_vae_dir, ldm_configs,
     pipe = LatentDiffusionPipeline.from_pretrained(fsdp_out)
     images = pipe(prompt=["a handwritten digit three"] * 2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_super_resolution_trains_sharded(sr_configs, tmp_path):  # noqa: F811
+    from custom_pipelines.pipelines.pipeline_super_resolution import SuperResolutionPipeline
+
+    out = tmp_path / "sr"
+    result = launch_fsdp("train_srgan.py", [*sr_args(sr_configs, "srresnet", out), "--mixed_precision", "no"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    shards = summary_of(out)["param_shard_numel"]["generator"]
+    assert len(shards) == 2 and max(shards) < sum(shards)
+    upscaled = SuperResolutionPipeline.from_pretrained(out)(image=torch.zeros(1, 3, 4, 4), output_type="np").images
+    assert upscaled.shape == (1, 16, 16, 3) and np.isfinite(upscaled).all()
+
+
+def test_cyclegan_under_fsdp_is_refused_with_the_reason(cyclegan_config, tmp_path):  # noqa: F811
+    from tests.training.test_train_cyclegan import tiny_args as cyclegan_args
+
+    out = tmp_path / "cyclegan"
+    result = launch_fsdp("train_cyclegan.py", cyclegan_args(cyclegan_config, out))
+    assert result.returncode != 0 and "--use_fsdp: train_cyclegan.py calls its discriminators" in result.stderr
+    assert not (out / "model_index.json").exists()
