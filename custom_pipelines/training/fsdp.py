@@ -59,6 +59,23 @@ def enable_fsdp(accelerator: Accelerator) -> None:
         raise ValueError(f"--fsdp_version must be 2 (fully_shard), got {version}: FSDP1 is not supported")
 
 
+def check_deepspeed(accelerator: Accelerator, models: dict) -> None:
+    """What the trainer supports under accelerate's DeepSpeed plugin (not runnable here: it needs CUDA): ZeRO stages
+    1 and 2 of one trained model. The trainer never reads `.config` from a prepared model (it unwraps first, which
+    gives the module inside the DeepSpeed engine) and saves that module's weights, whole on every rank under ZeRO-1/2.
+    ZeRO-3 partitions the weights themselves (a gather before saving, not done here) and a DeepSpeed engine holds
+    one model and its optimizer, so a GAN's two are refused: use FSDP for those."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    stage = int(accelerator.state.deepspeed_plugin.zero_stage)
+    if stage == 3:
+        raise ValueError("DeepSpeed ZeRO-3 is not supported by the trainer (its saved weights would be partitions): "
+                         "use zero_stage 2 (training/accelerate_configs/deepspeed_zero2.yaml) or FSDP")  # fmt: skip
+    if len(models) > 1:
+        raise ValueError(f"DeepSpeed trains one model per engine; this script trains {sorted(models)}: use FSDP "
+                         "(training/accelerate_configs/fsdp.yaml) or DDP")  # fmt: skip
+
+
 def block_class_names(model: torch.nn.Module) -> list[str]:
     """The classes that get their own FSDP unit: the elements of the model's `*blocks` lists at any depth (UNet
     down/up blocks, a VAE encoder's and decoder's blocks) and of the `ModuleList`s directly on the model (a

@@ -348,6 +348,7 @@ class Trainer:
     def _prepare(self, models, optimizers, dataloader) -> None:
         acc, names_m, names_o = self.accelerator, list(models), list(optimizers)
         to_prepare = None if self.streaming else dataloader  # a stream is already this rank's share
+        fsdp.check_deepspeed(acc, models)
         if fsdp.is_sharded(acc):
             self.models, self.optimizers, prepared_loader = fsdp.prepare_sharded(acc, models, optimizers, to_prepare)
         else:

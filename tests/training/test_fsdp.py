@@ -184,3 +184,27 @@ def test_the_class_conditional_family_trains_under_fsdp_like_ddp(tmp_path):
     pipe = ClassConditionalDiffusionPipeline.from_pretrained(fsdp_out)
     images = pipe(class_labels=list(range(10)), num_inference_steps=2, output_type="np").images
     assert images.shape == (10, 8, 8, 1)
+
+
+@pytest.mark.parametrize(
+    "stage, models, message",
+    [
+        (3, {"unet": None}, "ZeRO-3 is not supported"),
+        (2, {"generator": None, "discriminator": None}, "DeepSpeed trains one model per engine"),
+    ],
+)
+def test_what_deepspeed_cannot_do_is_refused(stage, models, message):
+    """DeepSpeed needs CUDA (not run here): the trainer's own limits under it are checked before anything runs."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from custom_pipelines.training.fsdp import check_deepspeed
+
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage)),
+    )
+    with pytest.raises(ValueError, match=message):
+        check_deepspeed(accelerator, models)
+    check_deepspeed(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU), models)  # DDP: nothing to refuse
