@@ -17,7 +17,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # One process on the CPU; accelerate's flags spelled out so no config file is needed.
 LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: app install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
+.PHONY: app demo-lora install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,26 @@ demo-ldm: $(STAMP)
 		--num_validation_images 100
 	@echo "autoencoder: $(VAE_RUN)/ (reconstructions.png: held-out input | reconstruction, reconstruction_metrics.json)"
 	@echo "text model:  $(LDM_RUN)/ (LatentDiffusionPipeline); prompted grid: $(LDM_RUN)/samples/ (row k = 'a handwritten digit k', w = 3)"
+
+# LoRA: a class-conditional model pre-trained on digits 0–4 (the demo-cfg recipe with --class_filter; demo-cfg's own
+# model saw all ten digits, so nothing would be held out), then a rank-8 LoRA on the held-out digits 5–9; the grid has
+# one row per class and blocks base | LoRA at 0.5 | LoRA at 1 (same noise in every block).
+LORA_BASE_STEPS ?= 400
+LORA_STEPS ?= 150
+demo-lora: $(STAMP)
+	$(LAUNCH) training/train_cfg.py --dataset_name digits --class_filter 0 1 2 3 4 --conditioning_dropout 0.1 \
+		--output_dir runs/cfg-digits-0to4 --overwrite_output_dir --max_train_steps $(LORA_BASE_STEPS) --train_batch_size 64 \
+		--learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 50 --checkpointing_steps 100000 \
+		--validation_steps 100000 --num_validation_images 20
+	$(LAUNCH) training/train_cfg.py --dataset_name digits --class_filter 5 6 7 8 9 --conditioning_dropout 0.1 \
+		--pretrained_model_name_or_path runs/cfg-digits-0to4 --lora_rank 8 --learning_rate 2e-3 --lr_scheduler constant \
+		--lr_warmup_steps 0 --output_dir runs/lora-digits-5to9 --overwrite_output_dir --max_train_steps $(LORA_STEPS) \
+		--train_batch_size 64 --checkpointing_steps 100000 --validation_steps 100000 --num_validation_images 20
+	$(BIN)/python -m custom_pipelines.lora.grid --base runs/cfg-digits-0to4 --lora runs/lora-digits-5to9 \
+		--scales 0 0.5 1 --samples_per_row 4 --num_inference_steps 25 --guidance_scale 2 \
+		--output runs/lora-digits-5to9/lora_grid.png
+	@echo "base (digits 0-4): runs/cfg-digits-0to4/; LoRA adapter (5-9): runs/lora-digits-5to9/pytorch_lora_weights.safetensors"
+	@echo "grid: runs/lora-digits-5to9/lora_grid.png (rows: classes 0-9; blocks: base | LoRA 0.5 | LoRA 1)"
 
 APP_HOST ?= 127.0.0.1
 APP_PORT ?= 7860

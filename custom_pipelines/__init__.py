@@ -17,6 +17,7 @@ _PUBLIC = {  # name → the module that defines it
     "CycleGANPipeline": ".pipelines.pipeline_cyclegan",
     "DCGANCritic": ".gan",
     "DCGANGenerator": ".gan",
+    "LoraMixin": ".lora",
     "DDIMEtaScheduler": ".schedulers",
     "DDPMAncestralScheduler": ".schedulers",
     "DPMSolver2MScheduler": ".schedulers",

@@ -25,6 +25,7 @@ PARSERS = {  # how a command names its entry point → the module whose parse_ar
     "custom_pipelines.hub.push": "custom_pipelines.hub.push",
     "tests.hub.hub_server": "tests.hub.hub_server",  # the local Hub of docs/hub.md
     "custom_pipelines.app": "custom_pipelines.app.__main__",  # the web app of docs/app.md
+    "custom_pipelines.lora.grid": "custom_pipelines.lora.grid",  # the LoRA grid of make demo-lora
     # an installed wheel's names for the same scripts
     **{f"custom_pipelines.scripts.{s}": f"training.{s}" for s in SCRIPTS},
 }

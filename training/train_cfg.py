@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from custom_pipelines.cli import console_entry
+from custom_pipelines.lora.training import add_lora_args, apply_lora, validate_lora_args
 from custom_pipelines.options import CONDITIONING_METHODS
 from custom_pipelines.training.args import add_common_args, validate_common_args
 from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="K; needed for a stream whose labels are plain ints (read from the data otherwise)",
     )
     add_diffusion_args(cfg)
+    add_lora_args(parser)
     cfg.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
     args = parser.parse_args(argv)
     validate_args(args)
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
     validate_diffusion_args(args)
+    validate_lora_args(args)
     if args.conditioning is not None and args.conditioning not in CONDITIONING_METHODS:
         raise ValueError(f"--conditioning must be one of {CONDITIONING_METHODS}, got {args.conditioning!r}")
     if args.class_embed_dim is not None and args.class_embed_dim < 1:
@@ -175,6 +178,7 @@ def main(args: argparse.Namespace) -> str:
         if args.num_classes not in (None, num_classes):
             raise ValueError(f"--num_classes {args.num_classes}: the dataset has {num_classes} classes")
     unet, scheduler = build_models(args, num_classes)
+    unet = apply_lora(unet, args)  # --lora_rank: the base frozen, an adapter to train
     resolution = set_training_resolution(unet, args.resolution)
     null_id = null_class_id(unet)
     validation_classes = args.class_filter or list(range(num_classes))

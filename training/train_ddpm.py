@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from custom_pipelines.cli import console_entry
+from custom_pipelines.lora.training import add_lora_args, apply_lora, validate_lora_args
 from custom_pipelines.options import BETA_SCHEDULES, LOSS_TYPES
 from custom_pipelines.training.args import add_common_args, validate_common_args
 from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ddpm.add_argument("--num_train_timesteps", type=int, default=None)
     ddpm.add_argument("--loss_type", default="simple", help="simple: L_simple; hybrid: L_simple + λ·L_vlb (learned Σ)")
     add_diffusion_args(ddpm)
+    add_lora_args(parser)
     args = parser.parse_args(argv)
     validate_args(args)
     return args
@@ -38,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
     validate_diffusion_args(args)
+    validate_lora_args(args)
     if args.beta_schedule is not None and args.beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"--beta_schedule must be one of {BETA_SCHEDULES}, got {args.beta_schedule!r}")
     if args.loss_type not in LOSS_TYPES:
@@ -88,6 +91,7 @@ def main(args: argparse.Namespace) -> str:
 
     accelerator = create_accelerator(args)
     unet, scheduler = build_models(args)
+    unet = apply_lora(unet, args)  # --lora_rank: the base frozen, an adapter to train
     resolution = set_training_resolution(unet, args.resolution)
 
     def training_step(trainer, batch: dict) -> dict:

@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 
 from custom_pipelines.cli import console_entry
+from custom_pipelines.lora.training import add_lora_args, apply_lora, validate_lora_args
 from custom_pipelines.training.args import add_common_args, validate_common_args
 from custom_pipelines.training.diffusion import add_diffusion_args, validate_diffusion_args
 from custom_pipelines.training.recipe import apply_variant_recipe, parse_command_line
@@ -71,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "$HF_HOME/custom_pipelines/latents)",
     )
     add_diffusion_args(ldm)
+    add_lora_args(parser)
     ldm.add_argument("--validation_guidance_scale", type=float, default=2.0, help="w for validation grids")
     ldm.add_argument("--validation_prompts", nargs="+", default=None, help="prompts of the validation grid")
     args, given = parse_command_line(parser, argv)
@@ -89,6 +91,7 @@ def has_unet_config(folder) -> bool:
 def validate_args(args: argparse.Namespace) -> None:
     validate_common_args(args)
     validate_diffusion_args(args)
+    validate_lora_args(args)
     if args.conditioning is None:
         args.conditioning = "text"
     if args.conditioning not in CONDITIONINGS:
@@ -373,6 +376,7 @@ def main(args: argparse.Namespace) -> str:
     if conditions.ids is not None:
         dataset = with_condition_column(dataset, args.label_column, conditions.ids)
     unet = build_unet(args, vae, text_encoder, resolution, conditions.num_classes)
+    unet = apply_lora(unet, args)  # --lora_rank: the base frozen, an adapter to train
     scheduler = load_training_scheduler(args, prediction_type=args.prediction_type)
     # The core casts frozen models to the compute dtype in place: the pipeline keeps an fp32 copy of the VAE.
     saved_vae = copy.deepcopy(vae) if accelerator.mixed_precision != "no" else vae

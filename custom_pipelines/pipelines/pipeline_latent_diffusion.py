@@ -25,6 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from custom_pipelines.hub.mixin import HubPipelineMixin
+from custom_pipelines.lora.mixin import LoraMixin
 from custom_pipelines.models.autoencoder import decode_latents
 from custom_pipelines.models.class_conditioning import conditioning_method, num_classes_of
 from custom_pipelines.models.text_encoder import encode_text
@@ -58,7 +59,7 @@ def unet_downsampling_of(unet) -> int:
     return 2 ** (len(config.block_out_channels) - 1)
 
 
-class LatentDiffusionPipeline(HubPipelineMixin, DiffusionPipeline):
+class LatentDiffusionPipeline(LoraMixin, HubPipelineMixin, DiffusionPipeline):
     r"""Sample images from a latent diffusion model: denoise latents, then decode them with the VAE.
 
     The UNet decides the kind of conditioning (`conditioning_type`):

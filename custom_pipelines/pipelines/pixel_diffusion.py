@@ -15,6 +15,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from custom_pipelines.hub.mixin import HubPipelineMixin
+from custom_pipelines.lora.mixin import LoraMixin
 
 from .guidance import GuidanceFn, GuidanceStrength, check_loss_guidance, loss_guided_model_output
 from .utils import (
@@ -58,7 +59,7 @@ SAMPLING_ARGS_DOC = """\
 """
 
 
-class PixelDiffusionPipeline(HubPipelineMixin, DiffusionPipeline):
+class PixelDiffusionPipeline(LoraMixin, HubPipelineMixin, DiffusionPipeline):
     r"""Base of our pixel-space diffusion pipelines (Ho et al. 2020, Algorithm 2, with any scheduler).
 
     Subclasses register `unet` and `scheduler` and call `_generate(model_fn, batch_size, **sampling)`. The runtime

@@ -45,6 +45,7 @@ RUN_FILE_PATTERNS = (
     "pipeline.py",
     "training_recipe.json",
     "config.json",
+    "pytorch_lora_weights.safetensors",  # a LoRA run's adapter (custom_pipelines.lora)
     "diffusion_pytorch_model.safetensors",
     "samples*.png",
     "reconstructions.png",

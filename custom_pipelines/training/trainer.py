@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from custom_pipelines.cli import CommandFailed
 from custom_pipelines.faults import fault_point
 from custom_pipelines.io import save_image, write_json
+from custom_pipelines.lora import training as lora_training
 from custom_pipelines.models.attention import resolve_attention_backend, set_attention_backend
 from custom_pipelines.precision import PrecisionChoice, resolve_mixed_precision
 
@@ -159,7 +160,7 @@ def adamw(params: Iterable[torch.nn.Parameter], args, lr: float | None = None, b
     # fused kernels take no DTensor (FSDP's sharded parameters); foreach does
     fused = PartialState().device.type in FUSED_ADAMW_DEVICES and not fsdp.fsdp_requested()
     return torch.optim.AdamW(
-        params,
+        [p for p in params if p.requires_grad],  # a LoRA run: the adapter only, its base is frozen
         lr=lr if lr is not None else args.learning_rate,
         betas=betas if betas is not None else (args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
@@ -259,6 +260,8 @@ class Trainer:
             family, pipeline_class, description, script, dict(example_call_kwargs or {}), example_setup, uses_generator
         )
         self.family = family
+        self.write_card, self.push_folder = write_model_card, push_folder_to_hub
+        self.lora = lora_training.attach(self)  # --lora_rank: adapter-only checkpoints, save, card and push
         self.build_pipeline, self.eval_pipeline_kwargs = build_pipeline, dict(eval_pipeline_kwargs or {})
         if getattr(args, "eval_fid_every", 0) and build_pipeline is None:
             raise ValueError(f"--eval_fid_every is not supported by the {family} script (it gives no build_pipeline)")
@@ -389,6 +392,8 @@ class Trainer:
         """What the EMA of `name` averages: its parameters, or under FSDP this rank's shards of them."""
         if fsdp.is_sharded(self.accelerator):
             return fsdp.local_parameters(self.models[name])
+        if self.lora:
+            return lora_training.trainable_parameters(self.unwrap(name))
         return list(self.unwrap(name).parameters())
 
     def backward_and_step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
@@ -761,7 +766,7 @@ class Trainer:
                 summary["bad_samples"] = bad  # per rank: streamed examples skipped as undecodable
             write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
             curve = plot_loss_curve(args.output_dir)
-            write_model_card(args.output_dir, self.card, args)
+            self.write_card(args.output_dir, self.card, args)
             logger.info(f"saved pipeline to {args.output_dir}; loss curve {curve}", main_process_only=True)
         push_error = self._push() if args.push_to_hub and acc.is_main_process else None
         acc.wait_for_everyone()
@@ -778,7 +783,7 @@ class Trainer:
         saved folder later."""
         args = self.args
         try:
-            url = push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+            url = self.push_folder(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
         except Exception as err:  # the network, the token, the hub: the trained pipeline is saved either way
             return CommandFailed(
                 f"the push to {args.hub_model_id} failed ({type(err).__name__}: {err}); the trained pipeline is saved "
