@@ -17,7 +17,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # One process on the CPU; accelerate's flags spelled out so no config file is needed.
 LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: app demo-lora install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
+.PHONY: app demo-distill demo-lora install demo demo-cfg demo-gan demo-sr demo-cyclegan demo-vae demo-ldm test test-fast lint bench bench-gan clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,23 @@ demo-ldm: $(STAMP)
 		--num_validation_images 100
 	@echo "autoencoder: $(VAE_RUN)/ (reconstructions.png: held-out input | reconstruction, reconstruction_metrics.json)"
 	@echo "text model:  $(LDM_RUN)/ (LatentDiffusionPipeline); prompted grid: $(LDM_RUN)/samples/ (row k = 'a handwritten digit k', w = 3)"
+
+# Consistency distillation of the `make demo` model (trained first if absent) into a 1–8-step student
+# (LCMScheduler); grids at 1, 2 and 4 steps beside the teacher's 50-step grid.
+DISTILL_RUN ?= runs/ddpm-digits-distilled
+DISTILL_STEPS ?= 600
+demo-distill: $(STAMP)
+	@test -f $(RUN)/model_index.json || $(MAKE) demo
+	OMP_NUM_THREADS=1 $(LAUNCH) training/train_distill.py --teacher $(RUN) --dataset_name digits \
+		--output_dir $(DISTILL_RUN) --overwrite_output_dir --max_train_steps $(DISTILL_STEPS) --train_batch_size 32 \
+		--learning_rate 2e-4 --lr_warmup_steps 20 --num_ddim_timesteps 20 --teacher_solver dpmsolver \
+		--checkpointing_steps $(DISTILL_STEPS) --checkpoints_total_limit 1 --validation_steps $(DISTILL_STEPS) \
+		--num_validation_images 36
+	for n in 1 2 4; do $(BIN)/python -m training.sample --pipeline $(DISTILL_RUN) --num_images 64 \
+		--num_inference_steps $$n --output $(DISTILL_RUN)/samples_$${n}_steps.png; done
+	@test -f $(RUN)/samples.png || $(BIN)/python -m training.sample --pipeline $(RUN) --num_images 64 \
+		--num_inference_steps 50 --output $(RUN)/samples.png
+	@echo "student: $(DISTILL_RUN)/ (LCMScheduler); grids: $(DISTILL_RUN)/samples_{1,2,4}_steps.png; teacher: $(RUN)/samples.png"
 
 # LoRA: a class-conditional model pre-trained on digits 0–4 (the demo-cfg recipe with --class_filter; demo-cfg's own
 # model saw all ten digits, so nothing would be held out), then a rank-8 LoRA on the held-out digits 5–9; the grid has

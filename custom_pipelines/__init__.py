@@ -23,6 +23,7 @@ _PUBLIC = {  # name → the module that defines it
     "DPMSolver2MScheduler": ".schedulers",
     "DiffusionImg2ImgPipeline": ".pipelines.pipeline_img2img",
     "DigitsClassifier": ".evaluation",
+    "GuidanceEmbeddedUNet2DModel": ".distill",
     "GANPipeline": ".pipelines.pipeline_gan",
     "InceptionV3FID": ".evaluation",
     "LatentDiffusionPipeline": ".pipelines.pipeline_latent_diffusion",

@@ -121,9 +121,28 @@ def ldm_text_digits(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
+def ddpm_digits_distilled(folder: Path) -> None:
+    """`make demo-distill`: the tiny `make demo` teacher's student (its UNet, LCMScheduler on a 20-step grid)."""
+    import tempfile
+
+    from custom_pipelines.distill.teacher import (
+        build_student_pipeline,
+        build_student_scheduler,
+        build_student_unet,
+        load_teacher,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ddpm_digits(Path(tmp) / "teacher")
+        teacher = load_teacher(str(Path(tmp) / "teacher"))
+        unet, scheduler = build_student_unet(teacher), build_student_scheduler(teacher, 20)
+        build_student_pipeline(teacher, unet, scheduler).save_pretrained(folder)
+
+
 # The folders the docs load, by the path they name; the real ones are what the `make demo*` targets write.
 RUN_FOLDERS: dict[str, Callable[[Path], None]] = {
     "runs/ddpm-digits": ddpm_digits,
+    "runs/ddpm-digits-distilled": ddpm_digits_distilled,
     "runs/cfg-digits": cfg_digits,
     "runs/stylegan-digits": stylegan_digits,
     "runs/demo-sr/srresnet": super_resolution,

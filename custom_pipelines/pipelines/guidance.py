@@ -17,6 +17,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from custom_pipelines.distill.guidance_embedding import (  # noqa: F401  (check_student_steps: re-exported)
+    check_student_steps,
+    guided_model_kwargs,
+    has_guidance_embedding,
+)
 from custom_pipelines.schedulers.common import predict_original_sample
 
 from .utils import resize, to_grayscale
@@ -60,10 +65,14 @@ class ClassifierFreeGuidance:
 
     @property
     def does_batch_cfg(self) -> bool:
-        """Whether a call runs the doubled batch (w ∉ {0, 1})."""
-        return self.guidance_scale not in (0.0, 1.0)
+        """Whether a call runs the doubled batch (w ∉ {0, 1}; never for a guidance-embedded student)."""
+        return self.guidance_scale not in (0.0, 1.0) and not has_guidance_embedding(self.unet)
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor | int) -> torch.Tensor:
+        if has_guidance_embedding(self.unet):  # a distilled student reads w itself: one pass (distill package)
+            batch, device, dtype = sample.shape[0], sample.device, sample.dtype
+            w_kwargs = guided_model_kwargs(self.unet, self.guidance_scale, batch, device, dtype)
+            return self.unet(sample, timestep, class_labels=self.class_labels, **w_kwargs).sample
         null_labels = torch.full_like(self.class_labels, self.null_class_id)
         if self.guidance_scale == 1.0:
             return self.unet(sample, timestep, class_labels=self.class_labels).sample

@@ -30,7 +30,13 @@ from custom_pipelines.models.autoencoder import decode_latents
 from custom_pipelines.models.class_conditioning import conditioning_method, num_classes_of
 from custom_pipelines.models.text_encoder import encode_text
 
-from .guidance import ClassifierFreeGuidance, combine_cfg
+from .guidance import (
+    ClassifierFreeGuidance,
+    check_student_steps,
+    combine_cfg,
+    guided_model_kwargs,
+    has_guidance_embedding,
+)
 from .pipeline_class_conditional import ClassConditionalDiffusionPipeline, ClassLabel, normalize_id2label
 from .utils import (
     check_callback_inputs,
@@ -208,6 +214,7 @@ class LatentDiffusionPipeline(LoraMixin, HubPipelineMixin, DiffusionPipeline):
         conditions = self._conditions(prompt, negative_prompt, class_labels, batch_size)
         check_positive_int("num_images_per_prompt", num_images_per_prompt)
         check_positive_int("num_inference_steps", num_inference_steps)
+        check_student_steps(self.scheduler, num_inference_steps)  # a distilled student's grid (LCMScheduler)
         check_output_type(output_type)
         check_guidance_scale(guidance_scale, self.conditioning_type)
         default_height, default_width = self.default_size()
@@ -294,6 +301,9 @@ class LatentDiffusionPipeline(LoraMixin, HubPipelineMixin, DiffusionPipeline):
         if kind != "text":
             raise ValueError(f"conditioning type must be one of none/class/text, got {kind!r}")
         cond, uncond = conditioning["prompt_embeds"], conditioning["negative_prompt_embeds"]
+        if has_guidance_embedding(unet):  # a distilled student reads w itself: one pass (custom_pipelines.distill)
+            w_kwargs = guided_model_kwargs(unet, w, model_input.shape[0], model_input.device, model_input.dtype)
+            return unet(model_input, t, encoder_hidden_states=cond, **w_kwargs).sample
         if w == 1.0:
             return unet(model_input, t, encoder_hidden_states=cond).sample
         if w == 0.0:

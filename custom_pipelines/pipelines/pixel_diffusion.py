@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from custom_pipelines.distill.guidance_embedding import check_student_steps
 from custom_pipelines.hub.mixin import HubPipelineMixin
 from custom_pipelines.lora.mixin import LoraMixin
 
@@ -96,6 +97,7 @@ class PixelDiffusionPipeline(LoraMixin, HubPipelineMixin, DiffusionPipeline):
     ) -> None:
         """Validate the sampling arguments (ValueError naming the argument, its range and value)."""
         check_batch_and_steps(batch_size, num_inference_steps, output_type)
+        check_student_steps(self.scheduler, num_inference_steps)  # a distilled student's grid (LCMScheduler)
         check_generator(generator, batch_size)
         check_latents(latents, self._sample_shape(batch_size))
         check_callback_inputs(tensor_inputs, self._callback_tensor_inputs, callback)
