@@ -24,6 +24,9 @@ def prepare_output_dir(args, resume_from: str | None, state: PartialState) -> No
         resume_requested=bool(getattr(args, "resume_from_checkpoint", None)),
         overwrite=getattr(args, "overwrite_output_dir", False),
     )
+    # every rank has read the folder before rank 0 writes into it (the write probe, accelerate's log folders): a
+    # slower rank would otherwise find rank 0's first files and take the fresh folder for another run's
+    state.wait_for_everyone()
     _on_main_process(state, lambda: check_writable(args.output_dir))
     args.output_dir_plan, args.resume_step = plan, plan.resume_step
 
