@@ -48,6 +48,7 @@ RUN_FILE_PATTERNS = (
     "pytorch_lora_weights.safetensors",  # a LoRA run's adapter (custom_pipelines.lora)
     "diffusion_pytorch_model.safetensors",
     "samples*.png",
+    "lora_grid.png",  # make demo-lora's grid, written into the adapter's folder
     "reconstructions.png",
     "reconstruction_metrics.json",
     "optimized_timesteps.json",
