@@ -17,20 +17,14 @@ from custom_pipelines.lora import LORA_WEIGHT_NAME, adapters
 from custom_pipelines.pipelines.pipeline_class_conditional import ClassConditionalDiffusionPipeline
 from custom_pipelines.pipelines.pipeline_unconditional_diffusion import UnconditionalDiffusionPipeline
 from custom_pipelines.training.reporting import image_grid
-from tests.training.test_finetune import reset_accelerate, tiny_args
+from tests.training.test_finetune import reset_accelerate, tiny_args, train_digit_bases
 from training import train_cfg, train_ddpm
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
-    """A DDPM and a CFG model trained (briefly) on digits 0–4."""
-    root = tmp_path_factory.mktemp("bases")
-    reset_accelerate()
-    train_ddpm.main(train_ddpm.parse_args(tiny_args(root / "ddpm", "ddpm-tiny-8", range(5))))
-    reset_accelerate()
-    train_cfg.main(train_cfg.parse_args(tiny_args(root / "cfg", "cfg-tiny-8", range(5))))
-    reset_accelerate()
-    return root
+    """A DDPM and a CFG model trained (briefly) on digits 0–4: the bases the adapters are trained on."""
+    return train_digit_bases(tmp_path_factory.mktemp("bases"))
 
 
 def lora_args(out, base, config="ddpm-tiny-8", *extra):

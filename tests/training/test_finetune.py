@@ -28,16 +28,19 @@ def tiny_args(output_dir, model_config, classes, *extra):
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    """A DDPM and a CFG model trained (briefly) on digits 0–4."""
-    root = tmp_path_factory.mktemp("bases")
+def train_digit_bases(root):
+    """A DDPM (`root/ddpm`) and a CFG model (`root/cfg`) trained (briefly) on digits 0–4; returns `root`."""
     reset_accelerate()
     train_ddpm.main(train_ddpm.parse_args(tiny_args(root / "ddpm", "ddpm-tiny-8", range(5))))
     reset_accelerate()
     train_cfg.main(train_cfg.parse_args(tiny_args(root / "cfg", "cfg-tiny-8", range(5))))
     reset_accelerate()
     return root
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    return train_digit_bases(tmp_path_factory.mktemp("bases"))
 
 
 @pytest.fixture
