@@ -201,11 +201,9 @@ def lora_usage_snippet(pipeline_class: str, base_model: str, adapter: str, call_
 def write_lora_model_card(output_dir: str, card, args, tags=()) -> str:
     """README.md of an adapter folder: Hub metadata with `base_model` and the `lora` tags, the sample grid, how to
     load it onto the base, the training flags."""
-    from huggingface_hub import ModelCard
 
     from custom_pipelines.hub.cards import base_model_of, card_data
-    from custom_pipelines.io import atomic_path
-    from custom_pipelines.training.reporting import latest_sample_grid
+    from custom_pipelines.training.reporting import flags_table, latest_sample_grid, save_card
 
     from . import files
 
@@ -219,7 +217,6 @@ def write_lora_model_card(output_dir: str, card, args, tags=()) -> str:
     )
     if base_model_of(base) is not None:
         data.base_model_relation = "adapter"
-    flags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()) if k != "hub_token")
     grid = latest_sample_grid(output_dir)
     samples = f"![samples]({grid})\n" if grid else ""
     rank, alpha = args.lora_rank, args.lora_alpha if args.lora_alpha is not None else float(args.lora_rank)
@@ -244,14 +241,9 @@ A LoRA adapter (rank {rank}, α {alpha:g}, peft) fine-tuned from `{base}`: {card
 
 {card.training_command()}
 
-| flag | value |
-|---|---|
-{flags}
+{flags_table(args)}
 """
-    path = os.path.join(output_dir, "README.md")
-    with atomic_path(path, suffix=".md") as tmp:
-        ModelCard(content).save(tmp)
-    return path
+    return save_card(output_dir, content)
 
 
 def push_adapter_folder(output_dir: str, repo_id: str, token: str | None, private: bool) -> str:

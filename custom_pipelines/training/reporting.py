@@ -160,7 +160,6 @@ class ModelCardInfo:
 def write_model_card(output_dir: str, card: ModelCardInfo, args, tags=()) -> str:
     """README.md with Hub metadata (library_name diffusers, pipeline_tag, tags, datasets, base_model of a fine-tune,
     license), the latest sample grid, how to load and sample it, and the training flags."""
-    from huggingface_hub import ModelCard
 
     from custom_pipelines.hub.cards import base_model_of, card_data
 
@@ -171,7 +170,6 @@ def write_model_card(output_dir: str, card: ModelCardInfo, args, tags=()) -> str
         base_model=base_model_of(getattr(args, "pretrained_model_name_or_path", None)),
         license="apache-2.0",
     )
-    flags = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()) if k != "hub_token")
     grid = latest_sample_grid(output_dir)
     samples = f"![samples]({grid})\n" if grid else ""
     content = f"""---
@@ -193,10 +191,21 @@ def write_model_card(output_dir: str, card: ModelCardInfo, args, tags=()) -> str
 {card.training_command()} Loss curve: `loss_curve.png`; sample grids per validation step: `samples/`; TensorBoard
 logs: `logs/`.
 
-| flag | value |
-|---|---|
-{flags}
+{flags_table(args)}
 """
+    return save_card(output_dir, content)
+
+
+def flags_table(args) -> str:
+    """A card's table of the run's flags (the token left out)."""
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(vars(args).items()) if k != "hub_token")
+    return f"| flag | value |\n|---|---|\n{rows}"
+
+
+def save_card(output_dir: str, content: str) -> str:
+    """`content` as `output_dir/README.md` (huggingface_hub's ModelCard, written atomically); the path."""
+    from huggingface_hub import ModelCard
+
     path = os.path.join(output_dir, "README.md")
     with atomic_path(path, suffix=".md") as tmp:
         ModelCard(content).save(tmp)
