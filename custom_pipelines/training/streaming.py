@@ -275,10 +275,10 @@ def domain_streams(args) -> tuple:
         if feature is None:
             raise ValueError(f"--domain_column={args.domain_column!r} is not a column of the stream")
 
-        def value(given):
-            if isinstance(feature, datasets.ClassLabel) and not str(given).isdigit():
-                return feature.str2int(str(given))
-            return int(given) if isinstance(feature, datasets.ClassLabel) or str(given).isdigit() else given
+        def value(given):  # the flag's text as the column holds it: a class id or name, an int, a string
+            if isinstance(feature, datasets.ClassLabel):
+                return int(given) if str(given).isdigit() else feature.str2int(str(given))
+            return int(given) if "int" in str(getattr(feature, "dtype", "")) else given
 
         column, a, b = args.domain_column, value(args.domain_a), value(args.domain_b)
         return stream.filter(lambda e: e[column] == a), stream.filter(lambda e: e[column] == b)

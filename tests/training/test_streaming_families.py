@@ -199,3 +199,31 @@ def test_cyclegan_reads_its_two_domains_as_two_streams(cyclegan_config, domain_s
     assert translated.shape == (1, 8, 8, 1) and np.isfinite(translated).all()
     files = ["generator_a_to_b/diffusion_pytorch_model.safetensors"]
     assert check_kill_points("train_cyclegan.py", args_for, tmp_path, files, points=("step:3",)) == 1
+
+
+def test_cyclegan_splits_one_stream_by_its_domain_column(cyclegan_config, tmp_path):  # noqa: F811
+    """One set of shards holding both domains, told apart by `KEY.cls` (0: thin, 1: thick) and --domain_column."""
+    import io
+
+    from PIL import Image
+
+    from custom_pipelines.data.unpaired import thicken_strokes
+    from training import train_cyclegan
+
+    rows = []
+    for i, (png, _) in enumerate(digits_rows(24, resolution=8)):
+        if i % 2:
+            buffer = io.BytesIO()
+            thicken_strokes(Image.open(io.BytesIO(png))).save(buffer, format="PNG")
+            png = buffer.getvalue()
+        rows.append((png, i % 2))
+    shards = write_tar_shards(tmp_path / "both", rows, num_shards=2)
+    out = tmp_path / "run"
+    argv = [*cyclegan_args(cyclegan_config, out), "--train_shards", shards, "--domain_column", "label"]
+    argv += ["--domain_a", "0", "--domain_b", "1", "--num_eval_images", "2", "--shuffle_buffer_size", "0"]
+    for flag in ("--dataset_name", "--max_train_samples"):
+        del argv[argv.index(flag) : argv.index(flag) + 2]
+    train_cyclegan.main(train_cyclegan.parse_args(argv))
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    # 12 images a domain, 2 held out each: 10 pairs, 2 full batches of 4 an epoch; 6 steps end in epoch 2
+    assert state["data_positions"] == [{"epoch": 2, "batches": 2, "bad_samples": 0}]
